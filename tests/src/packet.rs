@@ -1,0 +1,249 @@
+//! Crafting and checking Ethernet frames for `BPF_PROG_TEST_RUN`.
+
+use std::net::{IpAddr, SocketAddr};
+
+pub const ETH_HLEN: usize = 14;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// TCP flags used by the tests.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One's-complement sum of `data` added to `initial`, not yet folded.
+fn sum16(data: &[u8], initial: u32) -> u32 {
+    let mut sum = initial;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits above")]
+    let folded = sum as u16;
+    !folded
+}
+
+/// Internet checksum of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    fold(sum16(data, 0))
+}
+
+fn pseudo_header_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut ph = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&[0, proto]);
+            ph.extend_from_slice(&u16::try_from(len).expect("short packet").to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ph.extend_from_slice(&s.octets());
+            ph.extend_from_slice(&d.octets());
+            ph.extend_from_slice(&u32::try_from(len).expect("short packet").to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed address families"),
+    }
+    sum16(&ph, 0)
+}
+
+/// An Ethernet frame carrying IPv4 or IPv6 with a TCP or UDP header and payload, with valid
+/// checksums.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Self {
+        Self {
+            src,
+            dst,
+            proto: IPPROTO_UDP,
+            tcp_flags: 0,
+            payload: payload.to_vec(),
+        }
+    }
+
+    pub fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> Self {
+        Self {
+            src,
+            dst,
+            proto: IPPROTO_TCP,
+            tcp_flags: flags,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Serialises the frame.
+    pub fn build(&self) -> Vec<u8> {
+        let l4_len = if self.proto == IPPROTO_TCP { 20 } else { 8 } + self.payload.len();
+        let mut l4 = vec![0u8; l4_len];
+        l4[0..2].copy_from_slice(&self.src.port().to_be_bytes());
+        l4[2..4].copy_from_slice(&self.dst.port().to_be_bytes());
+        if self.proto == IPPROTO_TCP {
+            l4[4..8].copy_from_slice(&1u32.to_be_bytes());
+            l4[12] = 5 << 4;
+            l4[13] = self.tcp_flags;
+            l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            l4[20..].copy_from_slice(&self.payload);
+        } else {
+            l4[4..6].copy_from_slice(&u16::try_from(l4_len).expect("short").to_be_bytes());
+            l4[8..].copy_from_slice(&self.payload);
+        }
+        let csum_off = if self.proto == IPPROTO_TCP { 16 } else { 6 };
+        let mut c = fold(sum16(
+            &l4,
+            pseudo_header_sum(self.src.ip(), self.dst.ip(), self.proto, l4_len),
+        ));
+        if self.proto == IPPROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+
+        let mut frame = Vec::with_capacity(ETH_HLEN + 40 + l4_len);
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
+        match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut ip = [0u8; 20];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&u16::try_from(20 + l4_len).expect("short").to_be_bytes());
+                ip[6] = 0x40; // don't fragment
+                ip[8] = 64;
+                ip[9] = self.proto;
+                ip[12..16].copy_from_slice(&s.octets());
+                ip[16..20].copy_from_slice(&d.octets());
+                let c = checksum(&ip);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                frame.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ip = [0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&u16::try_from(l4_len).expect("short").to_be_bytes());
+                ip[6] = self.proto;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&s.octets());
+                ip[24..40].copy_from_slice(&d.octets());
+                frame.extend_from_slice(&ip);
+            }
+            _ => panic!("mixed address families"),
+        }
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+/// What a frame says, read back after a program rewrote it, with its checksums checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: u8,
+    /// Whether the IPv4 header checksum is valid (always true for IPv6).
+    pub ip_checksum_ok: bool,
+    /// Whether the TCP/UDP checksum is valid over the pseudo-header.
+    pub l4_checksum_ok: bool,
+}
+
+/// Parses an Ethernet/IP/TCP-or-UDP frame and verifies every checksum in it.
+///
+/// # Panics
+/// When the frame is not one [`Frame::build`] could have produced.
+pub fn parse(frame: &[u8]) -> Parsed {
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let (src_ip, dst_ip, proto, l4, ip_ok): (IpAddr, IpAddr, u8, &[u8], bool) = match ethertype {
+        0x0800 => {
+            let ip = &frame[ETH_HLEN..ETH_HLEN + 20];
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let s: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+            let d: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+            (
+                s.into(),
+                d.into(),
+                ip[9],
+                &frame[ETH_HLEN + 20..ETH_HLEN + total],
+                checksum(ip) == 0,
+            )
+        }
+        0x86dd => {
+            let ip = &frame[ETH_HLEN..ETH_HLEN + 40];
+            let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let s: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+            let d: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+            (
+                s.into(),
+                d.into(),
+                ip[6],
+                &frame[ETH_HLEN + 40..ETH_HLEN + 40 + len],
+                true,
+            )
+        }
+        other => panic!("not an IP frame: ethertype {other:#06x}"),
+    };
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let stored_zero_udp = proto == IPPROTO_UDP && l4[6] == 0 && l4[7] == 0;
+    let l4_ok = stored_zero_udp
+        || fold(sum16(
+            l4,
+            pseudo_header_sum(src_ip, dst_ip, proto, l4.len()),
+        )) == 0;
+    Parsed {
+        src: SocketAddr::new(src_ip, sport),
+        dst: SocketAddr::new(dst_ip, dport),
+        proto,
+        ip_checksum_ok: ip_ok,
+        l4_checksum_ok: l4_ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_have_valid_checksums() {
+        for (src, dst) in [
+            ("10.0.0.1:1234", "10.96.0.10:53"),
+            ("[fd00::1]:1234", "[fd00:96::10]:53"),
+        ] {
+            let src: SocketAddr = src.parse().unwrap();
+            let dst: SocketAddr = dst.parse().unwrap();
+            for frame in [
+                Frame::udp(src, dst, b"hello"),
+                Frame::tcp(src, dst, TCP_SYN),
+            ] {
+                let p = parse(&frame.build());
+                assert_eq!((p.src, p.dst, p.proto), (src, dst, frame.proto));
+                assert!(p.ip_checksum_ok && p.l4_checksum_ok, "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_breaks_the_checksum() {
+        let src: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        let dst: SocketAddr = "10.96.0.10:53".parse().unwrap();
+        let mut bytes = Frame::udp(src, dst, b"hello").build();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        assert!(!parse(&bytes).l4_checksum_ok);
+    }
+}

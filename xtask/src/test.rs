@@ -1,0 +1,71 @@
+//! `cargo xtask test`: the project's one test command, also what CI runs.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{ebpf, prereq, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct TestOptions {
+    /// Skip `cargo fmt --check` and clippy (for a quick local run; CI never skips them).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Passed to `cargo test` after `--` (e.g. a test name filter).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: == {name}");
+    let started = Instant::now();
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    eprintln!("xtask: {name} passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
+    if !prereq::is_root() {
+        bail!(
+            "the test suite creates network namespaces, loads eBPF programs and programs \
+             nftables: run it as root"
+        );
+    }
+    prereq::ensure_packages(prereq::TEST_PACKAGES)?;
+    prereq::ensure_bpffs()?;
+    ebpf::build(&ebpf::BuildOptions { debug: false })?;
+
+    if !opts.no_lint {
+        // Nightly rustfmt: the grouping options in rustfmt.toml are not stable yet.
+        step(
+            "cargo fmt --check",
+            Command::new("cargo").args(["+nightly", "fmt", "--all", "--check"]),
+        )?;
+        step(
+            "cargo clippy",
+            Command::new("cargo").args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    step(
+        "cargo test",
+        Command::new("cargo")
+            .args(["test", "--workspace", "--"])
+            .args(&opts.test_args)
+            // Privileged tests skip only outside CI; here they must run.
+            .env("HYBRID_PROXY_REQUIRE_PRIVILEGED", "1"),
+    )?;
+    Ok(())
+}
