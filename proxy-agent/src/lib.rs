@@ -2,3 +2,5 @@
 //! nftables (the authoritative path) and serves hot services from eBPF fast paths.
 
 pub mod bpf;
+pub mod model;
+pub mod plan;
