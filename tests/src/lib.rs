@@ -1,9 +1,10 @@
-//! Shared pieces of hybrid-proxy's integration tests: network-namespace labs, privileged
-//! test gating and packet crafting.
+//! Shared pieces of hybrid-proxy's integration tests: a fake Kubernetes API server,
+//! network-namespace labs, privileged test gating and packet crafting.
 //!
 //! All traffic a test sends stays between namespaces it created; nothing here touches the
 //! root namespace's routes or firewall.
 
+pub mod fake_api;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
