@@ -2,5 +2,10 @@
 //! nftables (the authoritative path) and serves hot services from eBPF fast paths.
 
 pub mod bpf;
+pub mod cli;
+pub mod config;
+pub mod host;
 pub mod model;
+pub mod nft;
 pub mod plan;
+pub mod source;

@@ -1,0 +1,138 @@
+//! The command line.
+
+mod oneshot;
+
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, ConfigErrors, ConfigProblem};
+
+/// hybrid-proxy: a Kubernetes service proxy for Linux nodes.
+///
+/// Every Service is programmed into nftables (tables `ip hybrid-proxy` and
+/// `ip6 hybrid-proxy`) with kube-proxy's nftables-mode behaviour; hot Services can also be
+/// served by eBPF fast paths (XDP and TC). Without `--manifests`, `run` reads Services,
+/// EndpointSlices and this node's Node from the Kubernetes API.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `proxy_agent::nft=trace` (or `RUST_LOG`).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read manifests from a directory, program them with one full sync, and exit.
+    ///
+    /// Bad objects are reported on stderr and skipped; everything else is programmed.
+    /// The rules stay in place after the command exits.
+    Apply(ManifestOptions),
+    /// Print the ruleset `apply` would write, in nft syntax, without touching the kernel.
+    Render(ManifestOptions),
+    /// Remove everything the agent programmed (both nftables tables).
+    Cleanup(CommonOptions),
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct CommonOptions {
+    /// Configuration file (YAML, camelCase keys); keys it leaves out keep their defaults.
+    #[arg(long, short = 'c', env = "HYBRID_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name (overrides `nodeName`; default `$NODE_NAME`, else the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Pod CIDRs of the cluster, comma-separated (overrides `clusterCIDR`).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// Service CIDRs, comma-separated (overrides `serviceCIDRs`).
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Vec<String>,
+    /// Masquerade all traffic to cluster IPs (overrides `masqueradeAll`).
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// Acceleration mode: off, annotated, auto or all (overrides `acceleration.mode`).
+    #[arg(long)]
+    pub acceleration: Option<String>,
+}
+
+/// Options of the commands that read a directory of manifests.
+#[derive(Debug, Args)]
+pub struct ManifestOptions {
+    /// Directory of Kubernetes YAML/JSON manifests (Services, EndpointSlices, Nodes).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    #[command(flatten)]
+    pub common: CommonOptions,
+}
+
+impl CommonOptions {
+    /// The configuration file with the flags applied on top; every problem at once.
+    pub fn config(&self) -> Result<Config, ConfigErrors> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| match e {
+                crate::config::LoadError::Invalid(errors) => errors,
+                crate::config::LoadError::Read { path, source } => ConfigErrors {
+                    origin: path.display().to_string(),
+                    errors: vec![ConfigError {
+                        key: String::new(),
+                        problem: ConfigProblem::Yaml(source.to_string()),
+                    }],
+                },
+            })?,
+            None => Config::default(),
+        };
+        let mut overrides = String::new();
+        if !self.cluster_cidr.is_empty() {
+            let _ = writeln!(overrides, "clusterCIDR: {:?}", self.cluster_cidr.join(","));
+        }
+        if !self.service_cidr.is_empty() {
+            let _ = writeln!(overrides, "serviceCIDRs: {:?}", self.service_cidr.join(","));
+        }
+        if let Some(mode) = &self.acceleration {
+            let _ = writeln!(overrides, "acceleration: {{ mode: {mode:?} }}");
+        }
+        if !overrides.is_empty() {
+            let flags = Config::from_yaml(&overrides, "command-line flags")?;
+            if !self.cluster_cidr.is_empty() {
+                config.cluster_cidrs = flags.cluster_cidrs;
+                if config.detect_local == crate::plan::DetectLocal::None {
+                    config.detect_local = flags.detect_local;
+                }
+            }
+            if !self.service_cidr.is_empty() {
+                config.service_cidrs = flags.service_cidrs;
+            }
+            if self.acceleration.is_some() {
+                config.acceleration.mode = flags.acceleration.mode;
+            }
+        }
+        if let Some(node) = &self.node {
+            config.node_name = Some(node.clone());
+        }
+        if self.masquerade_all {
+            config.masquerade_all = true;
+        }
+        Ok(config)
+    }
+}
+
+/// Runs a command; the exit code says whether it did what it was asked.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Apply(opts) => oneshot::apply(&opts),
+        Command::Render(opts) => oneshot::render(&opts),
+        Command::Cleanup(opts) => oneshot::cleanup(&opts),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

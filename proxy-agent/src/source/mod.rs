@@ -1,0 +1,4 @@
+//! Where the cluster state comes from: files of manifests or the Kubernetes API.
+
+pub mod files;
+pub mod manifest;
