@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod host;
 pub mod model;
 pub mod nft;
