@@ -2,13 +2,249 @@
 //!
 //! Every type that crosses the kernel boundary is `#[repr(C)]` with explicit padding and no
 //! `bool`, so that both sides agree byte for byte; the layout tests at the bottom pin the
-//! sizes and alignments.
+//! sizes and alignments. Addresses and ports are stored as they appear on the wire (network
+//! byte order), so that the programs compare and copy them without swapping.
+//!
+//! The maps are pinned and outlive the agent. Any change to a type below, to a map's name,
+//! kind or size, or to the meaning of a field must bump [`LAYOUT_VERSION`]: an agent that
+//! finds pinned maps of another version does not adopt them (it rebuilds the fast path).
 #![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding fields are public so that both sides can build the values"
+)]
 
-/// Per-program packet counters, indexed by [`StatIndex`].
+/// Version of the map layout. Stored in [`Meta::layout_version`] of the pinned `META` map.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Slots in every Maglev table (a prime, as Maglev needs). Each backend owns about
+/// `MAGLEV_SIZE / n` slots; 4093 keeps the imbalance under a few percent up to ~100 backends
+/// and a table at 8 KiB.
+pub const MAGLEV_SIZE: usize = 4093;
+
+/// Most backends one service's backend set may have on the fast path (a larger set stays on
+/// nftables). Maglev needs the table to be much larger than the set.
+pub const MAX_BACKENDS: usize = 512;
+
+/// Capacities of the maps (`max_entries`). Fixed in the object: they are part of the layout.
+pub mod capacity {
+    /// Service entries (VIP, port, protocol, scope).
+    pub const SERVICES: u32 = 65_536;
+    /// Maglev tables: two revisions of up to 16k backend sets.
+    pub const MAGLEV: u32 = 32_768;
+    /// Backends over every set and revision.
+    pub const BACKENDS: u32 = 262_144;
+    /// Connection-table entries (two per fast-path flow: forward and reply).
+    pub const CONNECTIONS: u32 = 524_288;
+    /// ClientIP affinity entries.
+    pub const AFFINITY: u32 = 65_536;
+    /// Per-service counters.
+    pub const SERVICE_STATS: u32 = 65_536;
+}
+
+/// Which programs consult a service entry.
+pub mod scope {
+    /// TC ingress on pod-facing interfaces: traffic from this node's pods.
+    pub const POD: u8 = 1;
+    /// XDP on node interfaces: traffic from outside the node.
+    pub const EXTERNAL: u8 = 2;
+}
+
+/// Which endpoint list of a service port a backend set holds.
+pub mod set {
+    /// The plan's `cluster_endpoints`.
+    pub const CLUSTER: u8 = 0;
+    /// The plan's `local_endpoints`.
+    pub const LOCAL: u8 = 1;
+}
+
+/// Bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// ClientIP session affinity, with [`super::ServiceValue::affinity_timeout_s`].
+    pub const AFFINITY: u8 = 1;
+}
+
+/// Values of [`FlowKey::dir`].
+pub mod dir {
+    /// The tuple as the client sends it (to the service address).
+    pub const FORWARD: u8 = 0;
+    /// The tuple as the backend replies (backend to client).
+    pub const REPLY: u8 = 1;
+}
+
+/// Values of [`FlowValue::owner`].
+pub mod owner {
+    /// Started by the fast path: translate every packet.
+    pub const FAST: u8 = 1;
+    /// Started by nftables before the service was promoted: pass every packet unchanged.
+    pub const NFTABLES: u8 = 2;
+}
+
+/// TCP flag bits as in the TCP header's flags byte (also stored in [`FlowValue::tcp_flags`]).
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Key of `SERVICES`: a service address as a packet addresses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// Port, network order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// A [`scope`] value.
+    pub scope: u8,
+}
+
+/// Value of `SERVICES`: which backend set serves the address, and how.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// The plan's `ServicePortId`: keys the counters and the backend set.
+    pub id: u64,
+    /// Revision of the backend set to use (see [`MaglevKey`]).
+    pub revision: u32,
+    /// ClientIP affinity timeout (seconds), when [`service_flags::AFFINITY`] is set.
+    pub affinity_timeout_s: u32,
+    /// Backends in the set (never zero in a written entry).
+    pub backend_count: u16,
+    /// A [`set`] value.
+    pub set: u8,
+    /// [`service_flags`] bits.
+    pub flags: u8,
+    pub _pad: u32,
+}
+
+/// Key of `MAGLEV`: one revision of one backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub id: u64,
+    pub revision: u32,
+    pub set: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `MAGLEV`: slot -> index of the backend in the set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevValue {
+    pub slots: [u16; MAGLEV_SIZE],
+    pub _pad: u16,
+}
+
+impl Default for MaglevValue {
+    fn default() -> Self {
+        Self {
+            slots: [0; MAGLEV_SIZE],
+            _pad: 0,
+        }
+    }
+}
+
+/// Key of `BACKENDS`: one backend of one revision of one set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub id: u64,
+    pub revision: u32,
+    pub set: u8,
+    pub _pad: u8,
+    pub index: u16,
+}
+
+/// Value of `BACKENDS`, and the address a flow is translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// Port, network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `FLOWS`, the connection table: one direction of one flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Source address, network order.
+    pub src: u32,
+    /// Destination address, network order.
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// A [`dir`] value.
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    /// The service port (`ServicePortId`) the flow belongs to; 0 for nftables-owned entries.
+    pub id: u64,
+    /// `bpf_ktime_get_coarse_ns()` (`CLOCK_MONOTONIC_COARSE`) of the last packet, refreshed
+    /// at most every [`FLOW_REFRESH_NS`]; or when the agent wrote the entry.
+    pub last_seen_ns: u64,
+    /// Forward: the backend the flow was sent to. Reply: the service address to restore.
+    pub nat: Backend,
+    /// An [`owner`] value.
+    pub owner: u8,
+    /// OR of the TCP flags seen in this direction.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// How stale [`FlowValue::last_seen_ns`] may be before a packet refreshes it: writing it on
+/// every packet would bounce the entry's cache line between CPUs for nothing.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Key of `AFFINITY`: one client of one backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub id: u64,
+    /// Client address, network order.
+    pub client: u32,
+    pub set: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_coarse_ns()` when the client last started a flow.
+    pub last_used_ns: u64,
+    pub backend: Backend,
+}
+
+/// Value of the one-entry `META` array: who wrote the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the agent that created the maps.
+    pub layout_version: u32,
+    pub _pad: u32,
+    /// Generation of the last plan applied to the maps.
+    pub generation: u64,
+    /// Hash of the eBPF object whose programs are attached.
+    pub object_hash: u64,
+}
+
+/// Packet and byte counters: per-CPU values of `STATS` and `SERVICE_STATS`.
 ///
-/// The value of the per-CPU `STATS` array: every CPU increments its own copy without atomics
-/// (the BPF target has no atomic compare-and-swap), and the agent sums the copies.
+/// Every CPU increments its own copy without atomics (the BPF target has no atomic
+/// compare-and-swap), and the agent sums the copies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
@@ -26,19 +262,113 @@ pub enum StatIndex {
     TcIngressSeen = 1,
     /// Every packet the TC egress program saw.
     TcEgressSeen = 2,
+    /// New flows the fast path started (DNAT of a first packet).
+    NewFlow = 3,
+    /// Later packets of fast-path flows translated from the connection table.
+    FlowHit = 4,
+    /// Replies translated back to the service address.
+    ReplyTranslated = 5,
+    /// New flows passed to nftables because the connection table was full.
+    TableFull = 6,
+    /// Packets of nftables-owned flows passed unchanged.
+    NftablesOwned = 7,
+    /// New flows passed because the backend is the client itself (hairpin).
+    Hairpin = 8,
+    /// TCP packets to a fast-path service that are not a first SYN and have no flow.
+    NotFirstPacket = 9,
+    /// IPv4 fragments and packets with IP options, passed unchanged.
+    FragmentOrOptions = 10,
+    /// New flows passed because their reply tuple is taken by another flow.
+    ReplyClash = 11,
+    /// New flows passed because a backend set was incomplete (never expected).
+    NoBackend = 12,
 }
 
 impl StatIndex {
     /// Number of slots the `STATS` array must hold.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 13;
 
-    pub const ALL: [StatIndex; 3] = [Self::XdpSeen, Self::TcIngressSeen, Self::TcEgressSeen];
+    pub const ALL: [StatIndex; 13] = [
+        Self::XdpSeen,
+        Self::TcIngressSeen,
+        Self::TcEgressSeen,
+        Self::NewFlow,
+        Self::FlowHit,
+        Self::ReplyTranslated,
+        Self::TableFull,
+        Self::NftablesOwned,
+        Self::Hairpin,
+        Self::NotFirstPacket,
+        Self::FragmentOrOptions,
+        Self::ReplyClash,
+        Self::NoBackend,
+    ];
+
+    /// A short name for status output and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XdpSeen => "xdp_seen",
+            Self::TcIngressSeen => "tc_ingress_seen",
+            Self::TcEgressSeen => "tc_egress_seen",
+            Self::NewFlow => "new_flow",
+            Self::FlowHit => "flow_hit",
+            Self::ReplyTranslated => "reply_translated",
+            Self::TableFull => "table_full",
+            Self::NftablesOwned => "nftables_owned",
+            Self::Hairpin => "hairpin",
+            Self::NotFirstPacket => "not_first_packet",
+            Self::FragmentOrOptions => "fragment_or_options",
+            Self::ReplyClash => "reply_clash",
+            Self::NoBackend => "no_backend",
+        }
+    }
+}
+
+/// Names of the maps, as the programs declare them and the agent pins them.
+pub mod map_names {
+    pub const META: &str = "HP_META";
+    pub const STATS: &str = "STATS";
+    pub const SERVICES: &str = "HP_SERVICES";
+    pub const MAGLEV: &str = "HP_MAGLEV";
+    pub const BACKENDS: &str = "HP_BACKENDS";
+    pub const FLOWS: &str = "HP_FLOWS";
+    pub const AFFINITY: &str = "HP_AFFINITY";
+    pub const SERVICE_STATS: &str = "HP_SVC_STATS";
+    pub const ALL: [&str; 8] = [
+        META,
+        STATS,
+        SERVICES,
+        MAGLEV,
+        BACKENDS,
+        FLOWS,
+        AFFINITY,
+        SERVICE_STATS,
+    ];
+}
+
+/// Names of the programs.
+pub mod program_names {
+    pub const XDP: &str = "hp_xdp";
+    pub const TC_INGRESS: &str = "hp_tc_ingress";
+    pub const TC_EGRESS: &str = "hp_tc_egress";
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `#[repr(C)]` plain data made of integers only, with no padding bytes.
+    // SAFETY: each type is `#[repr(C)]` plain data made of integers only, with every padding
+    // byte an explicit field (the layout tests check there is no implicit padding).
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::MaglevKey {}
+    unsafe impl aya::Pod for super::MaglevValue {}
+    unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::Meta {}
 }
 
 #[cfg(test)]
@@ -47,10 +377,43 @@ mod tests {
 
     use super::*;
 
+    /// Sizes equal the sum of the fields (no implicit padding) and are pinned: changing one
+    /// changes the layout, which needs a [`LAYOUT_VERSION`] bump.
     #[test]
-    fn counter_layout() {
-        assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(align_of::<Counter>(), 8);
+    fn layouts_are_pinned() {
+        assert_eq!(LAYOUT_VERSION, 1, "bump together with the sizes below");
+        assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
+        assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (8, 4));
+        assert_eq!(
+            (size_of::<ServiceValue>(), align_of::<ServiceValue>()),
+            (24, 8)
+        );
+        assert_eq!((size_of::<MaglevKey>(), align_of::<MaglevKey>()), (16, 8));
+        assert_eq!(size_of::<MaglevValue>(), 2 * MAGLEV_SIZE + 2);
+        assert_eq!((size_of::<BackendKey>(), align_of::<BackendKey>()), (16, 8));
+        assert_eq!((size_of::<Backend>(), align_of::<Backend>()), (8, 4));
+        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (16, 4));
+        assert_eq!((size_of::<FlowValue>(), align_of::<FlowValue>()), (32, 8));
+        assert_eq!(
+            (size_of::<AffinityKey>(), align_of::<AffinityKey>()),
+            (16, 8)
+        );
+        assert_eq!(
+            (size_of::<AffinityValue>(), align_of::<AffinityValue>()),
+            (16, 8)
+        );
+        assert_eq!((size_of::<Meta>(), align_of::<Meta>()), (24, 8));
+    }
+
+    #[test]
+    fn maglev_table_is_prime_and_larger_than_any_set() {
+        let m = MAGLEV_SIZE;
+        assert!(
+            (2..m)
+                .take_while(|d| d * d <= m)
+                .all(|d| !m.is_multiple_of(d))
+        );
+        const { assert!(MAX_BACKENDS * 4 <= MAGLEV_SIZE && MAX_BACKENDS <= u16::MAX as usize) };
     }
 
     #[test]

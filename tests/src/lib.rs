@@ -4,6 +4,7 @@
 //! All traffic a test sends stays between namespaces it created; nothing here touches the
 //! root namespace's routes or firewall.
 
+pub mod bpf_harness;
 pub mod fake_api;
 pub mod netns;
 pub mod packet;

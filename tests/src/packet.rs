@@ -214,6 +214,82 @@ pub fn parse(frame: &[u8]) -> Parsed {
     }
 }
 
+/// Recomputes the IPv4 header checksum of a frame (after a test edited the header).
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    frame[ETH_HLEN + 10] = 0;
+    frame[ETH_HLEN + 11] = 0;
+    let c = checksum(&frame[ETH_HLEN..ETH_HLEN + ihl]);
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The frame as the first fragment of a larger datagram (more-fragments flag set).
+pub fn first_fragment(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[ETH_HLEN + 6] |= 0x20;
+    f[ETH_HLEN + 6] &= !0x40;
+    fix_ipv4_checksum(&mut f);
+    f
+}
+
+/// The frame with four bytes of IPv4 options (NOPs) after the header.
+pub fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame.len() + 4);
+    f.extend_from_slice(&frame[..ETH_HLEN + 20]);
+    f.extend_from_slice(&[1, 1, 1, 1]);
+    f.extend_from_slice(&frame[ETH_HLEN + 20..]);
+    f[ETH_HLEN] = 0x46;
+    let total = u16::from_be_bytes([f[ETH_HLEN + 2], f[ETH_HLEN + 3]]) + 4;
+    f[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    f
+}
+
+/// An IPv4 frame carrying `payload` as protocol `proto` (ICMP, SCTP, ...), no ports parsed.
+pub fn ipv4_other(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(
+        &u16::try_from(20 + payload.len())
+            .expect("short")
+            .to_be_bytes(),
+    );
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An ICMP echo request.
+pub fn icmp_echo(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1, b'p', b'i', b'n', b'g'];
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_other(src, dst, 1, &icmp)
+}
+
+/// An SCTP packet header (ports first, like TCP and UDP) without chunks.
+pub fn sctp(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 only");
+    };
+    let mut l4 = vec![0u8; 12];
+    l4[0..2].copy_from_slice(&src.port().to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    ipv4_other(s, d, 132, &l4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,36 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no interface `{interface}`")]
+    NoInterface { interface: String },
+    #[error("attaching {hook:?} to `{interface}`")]
+    Attach {
+        interface: String,
+        hook: super::kernel::Hook,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("adopting the pinned {hook:?} link of `{interface}`")]
+    Link {
+        interface: String,
+        hook: super::kernel::Hook,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link of `{interface}`")]
+    Pin {
+        interface: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("writing the maps")]
+    Store(#[from] super::store::StoreError),
 }
 
 #[cfg(hybrid_proxy_ebpf)]

@@ -1,0 +1,215 @@
+//! Per-packet cost of the programs, measured with `BPF_PROG_TEST_RUN` on a private (unpinned,
+//! unattached) copy of the datapath loaded with a given number of services.
+//!
+//! `BPF_PROG_TEST_RUN` runs a program `repeat` times on the same buffer, so a rewrite would
+//! only happen on the first run. To measure the established-flow path on every run, the
+//! service under test has a mirror: its backend address is itself a service whose backend is
+//! the first service's address, so each run translates the packet one way or the other
+//! through an existing connection-table entry.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use aya::{
+    TestRun as _, TestRunOptions,
+    programs::{SchedClassifier, Xdp},
+};
+use proxy_common::{program_names, scope};
+
+use super::{
+    kernel::Datapath,
+    object::{BpfError, embedded_object},
+    store,
+    writes::{self, Desired, DesiredService, SetId},
+};
+use crate::model::Protocol;
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgCost {
+    pub program: &'static str,
+    pub case: &'static str,
+    pub services: usize,
+    /// Median over the rounds of the kernel's average time per run.
+    pub per_packet: Duration,
+}
+
+/// Internet checksum over `data`, starting from `sum`.
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "folded above")]
+    let folded = sum as u16;
+    !folded
+}
+
+/// An Ethernet/IPv4/UDP frame with valid checksums.
+pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: usize) -> Vec<u8> {
+    let udp_len = 8 + payload;
+    let mut f = vec![0u8; 14 + 20 + udp_len];
+    f[0..12].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = u16::try_from(20 + udp_len).expect("small");
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&src.0.octets());
+    f[30..34].copy_from_slice(&dst.0.octets());
+    let c = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&src.1.to_be_bytes());
+    f[36..38].copy_from_slice(&dst.1.to_be_bytes());
+    f[38..40].copy_from_slice(&u16::try_from(udp_len).expect("small").to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&f[26..34]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&f[38..40]);
+    let mut sum = 0u32;
+    for c in pseudo.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    let mut c = checksum(&f[34..], sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    let i = u32::try_from(i).expect("fewer than 2^32 services");
+    Ipv4Addr::from(0x0a60_0000 + i + 1)
+}
+
+/// Writes `services` UDP services into both scopes (plus the mirrored one under test, always
+/// the first), each with two backends.
+fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
+    let mut desired = Desired::default();
+    let mut add = |id: u64, addr: (Ipv4Addr, u16), backends: Vec<(Ipv4Addr, u16)>| {
+        let set = SetId {
+            id,
+            set: proxy_common::set::CLUSTER,
+        };
+        desired.sets.insert(
+            set,
+            backends
+                .into_iter()
+                .map(|(ip, port)| writes::backend_of(ip, port))
+                .collect(),
+        );
+        for key_scope in [scope::POD, scope::EXTERNAL] {
+            desired.services.insert(
+                writes::service_key(addr.0, addr.1, Protocol::Udp, key_scope),
+                DesiredService {
+                    set,
+                    affinity_timeout: None,
+                    protocol: Protocol::Udp,
+                },
+            );
+        }
+    };
+    let under_test = (vip(0), 53);
+    let backend = (Ipv4Addr::new(10, 244, 0, 2), 5353);
+    add(1, under_test, vec![backend]);
+    add(2, backend, vec![under_test]);
+    for i in 1..services {
+        let i64 = u64::try_from(i).expect("small");
+        add(
+            1000 + i64,
+            (vip(i), 53),
+            vec![
+                (
+                    Ipv4Addr::from(0x0af4_0000 + u32::try_from(i).expect("small")),
+                    8080,
+                ),
+                (
+                    Ipv4Addr::from(0x0af5_0000 + u32::try_from(i).expect("small")),
+                    8080,
+                ),
+            ],
+        );
+    }
+    let (w, _) = writes::plan_writes(&writes::ServiceMaps::default(), &desired, 1);
+    store::apply(&mut dp.maps, &w)?;
+    Ok(())
+}
+
+fn run_median(
+    dp: &mut Datapath,
+    program: &'static str,
+    frame: &[u8],
+    repeat: u32,
+    rounds: u32,
+) -> Result<Duration, BpfError> {
+    let mut samples = Vec::new();
+    let mut out = vec![0u8; frame.len() + 256];
+    for _ in 0..rounds.max(1) {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let prog = dp
+            .ebpf
+            .program_mut(program)
+            .ok_or(BpfError::MissingProgram { name: program })?;
+        let result = if program == program_names::XDP {
+            let xdp: &mut Xdp = prog.try_into().map_err(|source| BpfError::Program {
+                name: program,
+                source,
+            })?;
+            xdp.test_run(opts)
+        } else {
+            let tc: &mut SchedClassifier = prog.try_into().map_err(|source| BpfError::Program {
+                name: program,
+                source,
+            })?;
+            tc.test_run(opts)
+        }
+        .map_err(|source| BpfError::Program {
+            name: program,
+            source,
+        })?;
+        samples.push(result.duration);
+    }
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
+/// Measures the programs' cost per packet with `services` services loaded: a packet of an
+/// established flow through XDP and TC ingress (translated every run), a reply through TC
+/// egress, and a packet to no service through XDP.
+pub fn prog_cost(services: usize, repeat: u32, rounds: u32) -> Result<Vec<ProgCost>, BpfError> {
+    let mut dp = Datapath::load(
+        embedded_object()?,
+        None,
+        proxy_common::capacity::CONNECTIONS,
+    )?;
+    populate(&mut dp, services.max(1))?;
+    let client = (Ipv4Addr::new(10, 244, 9, 9), 40000);
+    let to_vip = udp_frame(client, (vip(0), 53), 64);
+    let reply = udp_frame((Ipv4Addr::new(10, 244, 0, 2), 5353), client, 64);
+    let to_nothing = udp_frame(client, (Ipv4Addr::new(192, 0, 2, 1), 9), 64);
+    let cases: [(&'static str, &'static str, &[u8]); 4] = [
+        (program_names::XDP, "established flow, DNAT", &to_vip),
+        (program_names::XDP, "no service", &to_nothing),
+        (program_names::TC_INGRESS, "established flow, DNAT", &to_vip),
+        (program_names::TC_EGRESS, "reply, reverse NAT", &reply),
+    ];
+    let mut out = Vec::new();
+    for (program, case, frame) in cases {
+        // One run first, so that the flow exists before the measured runs.
+        run_median(&mut dp, program, frame, 1, 1)?;
+        let per_packet = run_median(&mut dp, program, frame, repeat, rounds)?;
+        out.push(ProgCost {
+            program,
+            case,
+            services,
+            per_packet,
+        });
+    }
+    Ok(out)
+}

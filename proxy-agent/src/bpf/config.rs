@@ -1,0 +1,116 @@
+//! What the fast path needs to know from the agent's configuration.
+//!
+//! Plain data with defaults; the agent's YAML config (`acceleration.*`) maps onto it.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+/// Which services go on the fast path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccelerationMode {
+    /// None: every packet goes through nftables (the programs are not even loaded).
+    #[default]
+    Off,
+    /// Services annotated `hybrid-proxy.io/acceleration: "on"`.
+    Annotated,
+    /// Every service that can be (an annotation `"off"` still keeps one out).
+    All,
+}
+
+impl fmt::Display for AccelerationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Annotated => "annotated",
+            Self::All => "all",
+        })
+    }
+}
+
+/// How the XDP program is attached to node interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, falling back to generic (skb) mode where the driver has none.
+    #[default]
+    Auto,
+    /// Native only: fail when the driver cannot.
+    Native,
+    /// Generic (skb) mode only: works everywhere, slower.
+    Generic,
+}
+
+/// Which interfaces face this node's pods (TC programs go there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PodInterfaces {
+    /// Every interface holding a route into one of this node's pod CIDRs (what CNI plugins
+    /// with one veth per pod, or a bridge, set up).
+    #[default]
+    PodCidrRoutes,
+    /// Exactly these interfaces.
+    Names(Vec<String>),
+    /// Interfaces whose name starts with one of these prefixes (e.g. `cali`, `lxc`).
+    Prefixes(Vec<String>),
+}
+
+/// Idle timeouts after which the agent removes a flow from the connection table.
+///
+/// The table is not an LRU (see the datapath), so ended flows are removed here. The defaults
+/// follow the kernel's conntrack and kube-proxy's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// A TCP flow that saw SYN and ACK but no FIN or RST (kube-proxy sets conntrack's
+    /// established timeout to 24 h).
+    pub tcp_established: Duration,
+    /// A TCP flow that saw FIN or RST (conntrack: `time_wait` 120 s).
+    pub tcp_closing: Duration,
+    /// A TCP flow that never got past the SYN (conntrack: `syn_sent` 120 s).
+    pub tcp_opening: Duration,
+    /// A UDP flow (conntrack: `udp_timeout_stream` 120 s).
+    pub udp: Duration,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_hours(24),
+            tcp_closing: Duration::from_mins(2),
+            tcp_opening: Duration::from_mins(2),
+            udp: Duration::from_mins(2),
+        }
+    }
+}
+
+/// Where pinned objects live unless configured otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/hybrid-proxy";
+
+/// The fast path's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastPathConfig {
+    pub mode: AccelerationMode,
+    /// Node (external) interfaces: XDP for north-south traffic, TC egress for its replies.
+    /// Empty: no XDP path (pod traffic is still accelerated).
+    pub node_interfaces: Vec<String>,
+    pub pod_interfaces: PodInterfaces,
+    /// Directory on a bpffs where maps and links are pinned (bpffs is mounted there when the
+    /// directory is not on one), so that the fast path outlives the agent process and a
+    /// restarted agent adopts it.
+    pub pin_path: PathBuf,
+    pub xdp_mode: XdpAttachMode,
+    /// Capacity of the connection table (two entries per flow). Fixed when the maps are first
+    /// created; a changed value takes effect after `proxy-agent cleanup`.
+    pub flow_entries: u32,
+    pub flow_timeouts: FlowTimeouts,
+}
+
+impl Default for FastPathConfig {
+    fn default() -> Self {
+        Self {
+            mode: AccelerationMode::Off,
+            node_interfaces: Vec::new(),
+            pod_interfaces: PodInterfaces::default(),
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            xdp_mode: XdpAttachMode::Auto,
+            flow_entries: proxy_common::capacity::CONNECTIONS,
+            flow_timeouts: FlowTimeouts::default(),
+        }
+    }
+}

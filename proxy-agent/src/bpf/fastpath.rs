@@ -1,0 +1,374 @@
+//! The fast path as the agent drives it: open (load or adopt, attach, pin), apply a plan,
+//! collect ended flows, follow pod interfaces, report status.
+
+use std::{collections::BTreeSet, fmt, path::Path, time::Duration};
+
+use ipnet::{IpNet, Ipv4Net};
+use proxy_common::{LAYOUT_VERSION, Meta};
+
+use super::{
+    config::{FastPathConfig, PodInterfaces},
+    eligibility::PortEligibility,
+    kernel::{self, Attachment, Datapath, Hook},
+    netlink,
+    object::{BpfError, embedded_object},
+    reconcile::{self, ApplyReport, Counters, GcReport, KernelConntrack, Syncer},
+    store::{self, MapStore as _},
+};
+use crate::plan::ProxyPlan;
+
+/// The attached, pinned fast path.
+pub struct FastPath {
+    config: FastPathConfig,
+    datapath: Datapath,
+    syncer: Syncer,
+    pod_cidrs: Vec<Ipv4Net>,
+    attachments: Vec<Attachment>,
+    /// Pod interfaces that could not be attached, with why (retried on the next
+    /// [`FastPath::sync_interfaces`]).
+    interface_errors: Vec<(String, String)>,
+    /// Why the pinned state was thrown away at open, if it was.
+    rebuilt: Option<String>,
+    adopted: bool,
+}
+
+/// What [`FastPath::sync_interfaces`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceChanges {
+    pub attached: Vec<String>,
+    pub forgotten: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// Everything `proxy-agent status` shows about the fast path.
+#[derive(Clone, Debug)]
+pub struct FastPathStatus {
+    pub generation: u64,
+    pub layout_version: u32,
+    pub adopted: bool,
+    pub rebuilt: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub interface_errors: Vec<(String, String)>,
+    pub ports: Vec<PortEligibility>,
+    pub counters: Counters,
+    pub flows: usize,
+    pub flow_capacity: u32,
+}
+
+impl fmt::Display for FastPathStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fast path: generation {}, layout v{}{}, connection table {}/{}",
+            self.generation,
+            self.layout_version,
+            if self.adopted { ", adopted" } else { "" },
+            self.flows,
+            self.flow_capacity
+        )?;
+        if let Some(r) = &self.rebuilt {
+            writeln!(f, "  rebuilt at start: {r}")?;
+        }
+        for a in &self.attachments {
+            writeln!(f, "  attached: {a}")?;
+        }
+        for (i, e) in &self.interface_errors {
+            writeln!(f, "  not attached: {i}: {e}")?;
+        }
+        for p in &self.ports {
+            let c = self.counters.service(p.id);
+            writeln!(f, "  {p} [{} packets]", c.packets)?;
+        }
+        for (i, c) in &self.counters.stats {
+            writeln!(f, "  {}: {} packets", i.name(), c.packets)?;
+        }
+        Ok(())
+    }
+}
+
+fn v4_nets(nets: &[IpNet]) -> Vec<Ipv4Net> {
+    nets.iter()
+        .filter_map(|n| match n {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The pod-facing interfaces of this namespace, by the configured rule.
+pub fn pod_interfaces(
+    rule: &PodInterfaces,
+    pod_cidrs: &[Ipv4Net],
+    exclude: &[String],
+) -> Result<Vec<String>, BpfError> {
+    let io = |source| BpfError::Io {
+        what: "listing interfaces and routes",
+        source,
+    };
+    let all = netlink::interfaces().map_err(io)?;
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    match rule {
+        PodInterfaces::PodCidrRoutes => {
+            for r in netlink::ipv4_routes().map_err(io)? {
+                let Ok(net) = Ipv4Net::new(r.dst, r.prefix_len) else {
+                    continue;
+                };
+                if pod_cidrs.iter().any(|c| c.contains(&net))
+                    && let Some((name, _)) = all.iter().find(|(_, i)| *i == r.oif)
+                {
+                    out.insert(name.clone());
+                }
+            }
+        }
+        PodInterfaces::Names(names) => {
+            out.extend(
+                all.iter()
+                    .filter(|(n, _)| names.contains(n))
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        PodInterfaces::Prefixes(prefixes) => {
+            out.extend(
+                all.iter()
+                    .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+    }
+    out.remove("lo");
+    for e in exclude {
+        out.remove(e);
+    }
+    Ok(out.into_iter().collect())
+}
+
+impl FastPath {
+    /// Loads the programs (or adopts the pinned maps of a previous agent, flows included),
+    /// attaches them to the node and pod-facing interfaces and pins everything under
+    /// `config.pin_path`. `node_pod_cidrs`: this node's pod CIDRs (to find pod interfaces).
+    ///
+    /// Pinned maps of another layout version are not adopted: everything pinned is removed
+    /// and rebuilt (fast-path flows then restart on nftables; see the status's `rebuilt`).
+    pub fn open(config: &FastPathConfig, node_pod_cidrs: &[IpNet]) -> Result<Self, BpfError> {
+        let object = embedded_object()?;
+        let pin = config.pin_path.as_path();
+        kernel::prepare_pin_dir(pin)?;
+        let mut rebuilt = None;
+        let mut adopted = false;
+        if let Some(meta) = kernel::pinned_layout(pin) {
+            if kernel::layout_matches(&meta) {
+                adopted = true;
+            } else {
+                rebuilt = Some(format!(
+                    "pinned maps have layout v{}, this agent writes v{LAYOUT_VERSION}",
+                    meta.layout_version
+                ));
+                kernel::cleanup(pin)?;
+                kernel::prepare_pin_dir(pin)?;
+            }
+        }
+        let mut datapath = Datapath::load(object, Some(pin), config.flow_entries)?;
+        let old = datapath.maps.meta()?;
+        datapath.maps.set_meta(Meta {
+            layout_version: LAYOUT_VERSION,
+            _pad: 0,
+            generation: old.generation,
+            object_hash: kernel::object_hash(object),
+        })?;
+        let mut fp = Self {
+            config: config.clone(),
+            datapath,
+            syncer: Syncer::new(config.mode),
+            pod_cidrs: v4_nets(node_pod_cidrs),
+            attachments: Vec::new(),
+            interface_errors: Vec::new(),
+            rebuilt,
+            adopted,
+        };
+        // Egress before ingress everywhere: an interface must never translate a client's
+        // packets without being able to translate the replies.
+        for iface in &config.node_interfaces {
+            for hook in [Hook::TcEgress, Hook::Xdp] {
+                let a = fp
+                    .datapath
+                    .attach(iface, hook, config.xdp_mode, Some(pin))?;
+                fp.attachments.push(a);
+            }
+        }
+        fp.sync_interfaces()?;
+        Ok(fp)
+    }
+
+    /// Attaches to pod interfaces that appeared and forgets those that vanished (or no longer
+    /// match). Run it when netlink reports a link or route change (see
+    /// [`InterfaceWatcher`]).
+    pub fn sync_interfaces(&mut self) -> Result<InterfaceChanges, BpfError> {
+        let pin = self.config.pin_path.clone();
+        let wanted = pod_interfaces(
+            &self.config.pod_interfaces,
+            &self.pod_cidrs,
+            &self.config.node_interfaces,
+        )?;
+        let current: Vec<(String, u32)> = netlink::interfaces().map_err(|source| BpfError::Io {
+            what: "listing interfaces",
+            source,
+        })?;
+        let mut changes = InterfaceChanges::default();
+        // Forget attachments whose interface is gone (or was replaced: another index) or is
+        // no longer wanted.
+        let node: BTreeSet<&String> = self.config.node_interfaces.iter().collect();
+        for (a, path) in kernel::pinned_links(&pin) {
+            let alive = current
+                .iter()
+                .any(|(n, i)| *n == a.interface && *i == a.if_index);
+            let keep = alive && (wanted.contains(&a.interface) || node.contains(&a.interface));
+            if !keep {
+                kernel::detach_pinned(&path);
+                self.attachments.retain(|x| x != &a);
+                if !changes.forgotten.contains(&a.interface) {
+                    changes.forgotten.push(a.interface.clone());
+                }
+            }
+        }
+        self.interface_errors.clear();
+        for iface in wanted {
+            let have = |hook| {
+                self.attachments
+                    .iter()
+                    .any(|a| a.interface == iface && a.hook == hook)
+            };
+            if have(Hook::TcEgress) && have(Hook::TcIngress) {
+                continue;
+            }
+            let mut attached = Vec::new();
+            let mut failure = None;
+            for hook in [Hook::TcEgress, Hook::TcIngress] {
+                match self
+                    .datapath
+                    .attach(&iface, hook, self.config.xdp_mode, Some(&pin))
+                {
+                    Ok(a) => attached.push(a),
+                    Err(e) => {
+                        failure = Some(error_chain(&e));
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                changes.failed.push((iface.clone(), e.clone()));
+                self.interface_errors.push((iface, e));
+            } else {
+                changes.attached.push(iface);
+            }
+            for a in attached {
+                if !self.attachments.contains(&a) {
+                    self.attachments.push(a);
+                }
+            }
+        }
+        self.attachments.sort();
+        Ok(changes)
+    }
+
+    /// Programs the maps for `plan` (after nftables applied the same plan), tagged with
+    /// `generation`. On failure the maps may hold part of the writes (never a half-written
+    /// backend set, see `writes`); the next call re-reads them and converges.
+    pub fn apply(&mut self, plan: &ProxyPlan, generation: u64) -> Result<ApplyReport, BpfError> {
+        self.syncer.sync(
+            &mut self.datapath.maps,
+            &mut KernelConntrack,
+            plan,
+            generation,
+        )
+    }
+
+    /// Removes flows idle longer than the configured timeouts. Run it periodically (the
+    /// connection table is not an LRU: nothing else removes ended flows; a full table sends
+    /// new flows to nftables).
+    pub fn collect_garbage(&mut self) -> Result<GcReport, BpfError> {
+        reconcile::collect_garbage(
+            &mut self.datapath.maps,
+            &self.config.flow_timeouts,
+            store::monotonic_ns(),
+        )
+    }
+
+    /// Counters, decisions, attachments and table occupancy.
+    pub fn status(&self) -> Result<FastPathStatus, BpfError> {
+        let maps = &self.datapath.maps;
+        Ok(FastPathStatus {
+            generation: maps.meta()?.generation,
+            layout_version: LAYOUT_VERSION,
+            adopted: self.adopted,
+            rebuilt: self.rebuilt.clone(),
+            attachments: self.attachments.clone(),
+            interface_errors: self.interface_errors.clone(),
+            ports: self.syncer.ports().to_vec(),
+            counters: Counters::read(maps)?,
+            flows: maps.flows()?.len(),
+            flow_capacity: maps.flow_capacity(),
+        })
+    }
+
+    /// The maps, for tests and tools that read them directly.
+    pub fn maps(&mut self) -> &mut kernel::KernelMaps {
+        &mut self.datapath.maps
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Removes everything the fast path pinned under `pin_path` and every attachment it made in
+/// this network namespace. Fast-path flows then restart through nftables.
+pub fn cleanup(pin_path: &Path) -> Result<(), BpfError> {
+    kernel::cleanup(pin_path)
+}
+
+/// Link and route change notifications, for the daemon's interface task:
+///
+/// ```no_run
+/// # fn run(fast_path: &mut proxy_agent::bpf::FastPath) -> Result<(), Box<dyn std::error::Error>> {
+/// let watcher = proxy_agent::bpf::InterfaceWatcher::open()?;
+/// loop {
+///     if watcher.wait(std::time::Duration::from_secs(30))? {
+///         let changes = fast_path.sync_interfaces()?;
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct InterfaceWatcher {
+    events: netlink::ChangeEvents,
+}
+
+impl InterfaceWatcher {
+    pub fn open() -> Result<Self, BpfError> {
+        Ok(Self {
+            events: netlink::ChangeEvents::open().map_err(|source| BpfError::Io {
+                what: "subscribing to link and route changes",
+                source,
+            })?,
+        })
+    }
+
+    /// Waits up to `timeout`; whether a link or route changed meanwhile.
+    pub fn wait(&self, timeout: Duration) -> Result<bool, BpfError> {
+        self.events.wait(timeout).map_err(|source| BpfError::Io {
+            what: "waiting for link and route changes",
+            source,
+        })
+    }
+}

@@ -1,0 +1,362 @@
+//! Syncing the maps from a plan, collecting ended flows, and reading status: the fast path's
+//! logic, written against the [`MapStore`] and [`ConntrackSource`] seams so that it runs the
+//! same on the kernel's maps and on the fakes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, io,
+    time::Duration,
+};
+
+use proxy_common::{Counter, FlowKey, FlowValue, StatIndex, dir, owner, tcp};
+
+use super::{
+    config::{AccelerationMode, FlowTimeouts},
+    eligibility::{self, PortEligibility},
+    netlink::ConntrackTuple,
+    object::BpfError,
+    store::{self, MapStore},
+    writes::{self, MapWrite, MapWrites, ServiceMaps},
+};
+use crate::plan::{ProxyPlan, ServicePortId};
+
+/// Where the tuples of flows nftables started come from.
+pub trait ConntrackSource {
+    /// The original tuples of the kernel's IPv4 conntrack entries.
+    fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>>;
+}
+
+/// The kernel's conntrack table, over ctnetlink.
+#[derive(Debug, Default)]
+pub struct KernelConntrack;
+
+impl ConntrackSource for KernelConntrack {
+    fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>> {
+        super::netlink::conntrack_ipv4()
+    }
+}
+
+/// A fake conntrack table; each call returns the next snapshot (the last one repeats).
+#[derive(Debug, Default)]
+pub struct FakeConntrack {
+    pub snapshots: Vec<Vec<ConntrackTuple>>,
+}
+
+impl ConntrackSource for FakeConntrack {
+    fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>> {
+        if self.snapshots.len() > 1 {
+            Ok(self.snapshots.remove(0))
+        } else {
+            Ok(self.snapshots.first().cloned().unwrap_or_default())
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug)]
+pub struct ApplyReport {
+    pub generation: u64,
+    pub writes: MapWrites,
+    /// Every service port's decision.
+    pub ports: Vec<PortEligibility>,
+    /// Flows nftables had started to newly promoted addresses, marked before the promotion.
+    pub nftables_owned_marked: usize,
+    /// Flows found by the re-check after the promotion (started in the window between the
+    /// first conntrack dump and the service entry: see [`Syncer::sync`]).
+    pub late_marked: usize,
+    /// Why conntrack could not be read, if it could not (promotion went ahead).
+    pub conntrack_error: Option<String>,
+}
+
+impl ApplyReport {
+    pub fn accelerated_ports(&self) -> usize {
+        self.ports.iter().filter(|p| p.any_accelerated()).count()
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fast path generation {}: {} of {} service port(s) accelerated, {} map write(s), \
+             {} nftables flow(s) protected ({} late)",
+            self.generation,
+            self.accelerated_ports(),
+            self.ports.len(),
+            self.writes.writes.len(),
+            self.nftables_owned_marked,
+            self.late_marked
+        )?;
+        if let Some(e) = &self.conntrack_error {
+            writeln!(f, "  conntrack unavailable: {e}")?;
+        }
+        for p in &self.ports {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The sync state kept between syncs: a mirror of the service maps.
+#[derive(Debug)]
+pub struct Syncer {
+    pub mode: AccelerationMode,
+    mirror: ServiceMaps,
+    /// Read the maps back before the next sync (at start, and after a failed sync left them
+    /// in an unknown state).
+    need_resync: bool,
+    last_ports: Vec<PortEligibility>,
+}
+
+fn tuple_matches(t: &ConntrackTuple, keys: &BTreeSet<(u32, u16, u8)>) -> bool {
+    keys.contains(&(t.dst, t.dport, t.proto))
+}
+
+fn forward_key(t: &ConntrackTuple) -> FlowKey {
+    FlowKey {
+        src: t.src,
+        dst: t.dst,
+        sport: t.sport,
+        dport: t.dport,
+        proto: t.proto,
+        dir: dir::FORWARD,
+        _pad: 0,
+    }
+}
+
+impl Syncer {
+    pub fn new(mode: AccelerationMode) -> Self {
+        Self {
+            mode,
+            mirror: ServiceMaps::default(),
+            need_resync: true,
+            last_ports: Vec::new(),
+        }
+    }
+
+    /// The decisions of the last sync.
+    pub fn ports(&self) -> &[PortEligibility] {
+        &self.last_ports
+    }
+
+    /// Programs the service maps for `plan`.
+    ///
+    /// Promotion never moves a flow nftables started: before any newly promoted address gets
+    /// its service entry, the kernel's conntrack is read and every flow to that address is
+    /// marked nftables-owned in the connection table (the programs then pass its packets
+    /// unchanged). After the entries are written, conntrack is read again and flows that
+    /// appeared meanwhile are marked too (without overwriting an entry the fast path made).
+    /// Residual race: a flow whose first packet reached nftables after the first read and
+    /// whose next packet reached the fast path before the second read is split (TCP never is:
+    /// only a SYN starts a fast-path TCP flow; for UDP the window is the time of one map
+    /// update, microseconds).
+    pub fn sync(
+        &mut self,
+        store: &mut dyn MapStore,
+        conntrack: &mut dyn ConntrackSource,
+        plan: &ProxyPlan,
+        generation: u64,
+    ) -> Result<ApplyReport, BpfError> {
+        if self.need_resync {
+            self.mirror = store::read_service_maps(store)?;
+            self.need_resync = false;
+        }
+        let ports = eligibility::decide(plan, self.mode);
+        let desired = writes::desired(&ports);
+        let (mut map_writes, next) = writes::plan_writes(&self.mirror, &desired, generation);
+
+        let promoted: BTreeSet<(u32, u16, u8)> = desired
+            .services
+            .keys()
+            .filter(|k| !self.mirror.services.contains_key(k))
+            .map(|k| (k.addr, k.port, k.proto))
+            .collect();
+        let mut conntrack_error = None;
+        let mut first_seen = BTreeSet::new();
+        if !promoted.is_empty() {
+            match conntrack.tuples() {
+                Ok(tuples) => {
+                    first_seen = tuples
+                        .into_iter()
+                        .filter(|t| tuple_matches(t, &promoted))
+                        .collect();
+                    if !first_seen.is_empty() {
+                        map_writes.writes.insert(
+                            0,
+                            MapWrite::MarkNftablesOwned {
+                                flows: first_seen.iter().map(forward_key).collect(),
+                            },
+                        );
+                    }
+                }
+                Err(e) => conntrack_error = Some(e.to_string()),
+            }
+        }
+
+        let marked = match store::apply(store, &map_writes) {
+            Ok(marked) => marked,
+            Err(e) => {
+                self.need_resync = true;
+                return Err(e.into());
+            }
+        };
+        self.mirror = next;
+
+        let mut late = 0;
+        if !promoted.is_empty() && conntrack_error.is_none() {
+            match conntrack.tuples() {
+                Ok(tuples) => {
+                    let now = store::monotonic_ns();
+                    for t in tuples
+                        .iter()
+                        .filter(|t| tuple_matches(t, &promoted) && !first_seen.contains(*t))
+                    {
+                        let value = FlowValue {
+                            last_seen_ns: now,
+                            owner: owner::NFTABLES,
+                            ..FlowValue::default()
+                        };
+                        if store.put_flow(forward_key(t), value, true)? {
+                            late += 1;
+                        }
+                    }
+                }
+                Err(e) => conntrack_error = Some(e.to_string()),
+            }
+        }
+        self.last_ports.clone_from(&ports);
+        Ok(ApplyReport {
+            generation,
+            writes: map_writes,
+            ports,
+            nftables_owned_marked: marked,
+            late_marked: late,
+            conntrack_error,
+        })
+    }
+}
+
+/// What a garbage collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub entries: usize,
+    pub removed: usize,
+}
+
+/// The two entries of one fast-path flow share client address and port, backend address and
+/// port, and protocol; an nftables-owned entry stands alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum FlowId {
+    Fast {
+        client: u32,
+        cport: u16,
+        backend: u32,
+        bport: u16,
+        proto: u8,
+    },
+    Alone(FlowKey),
+}
+
+fn flow_id(key: &FlowKey, value: &FlowValue) -> FlowId {
+    if value.owner != owner::FAST {
+        return FlowId::Alone(*key);
+    }
+    if key.dir == dir::FORWARD {
+        FlowId::Fast {
+            client: key.src,
+            cport: key.sport,
+            backend: value.nat.addr,
+            bport: value.nat.port,
+            proto: key.proto,
+        }
+    } else {
+        FlowId::Fast {
+            client: key.dst,
+            cport: key.dport,
+            backend: key.src,
+            bport: key.sport,
+            proto: key.proto,
+        }
+    }
+}
+
+fn timeout(proto: u8, flags: u8, t: &FlowTimeouts) -> Duration {
+    if proto != 6 {
+        t.udp
+    } else if flags & (tcp::FIN | tcp::RST) != 0 {
+        t.tcp_closing
+    } else if flags & tcp::ACK != 0 {
+        t.tcp_established
+    } else {
+        t.tcp_opening
+    }
+}
+
+/// Removes flows idle longer than their timeout (both entries of a fast-path flow together).
+pub fn collect_garbage(
+    store: &mut dyn MapStore,
+    timeouts: &FlowTimeouts,
+    now_ns: u64,
+) -> Result<GcReport, BpfError> {
+    let flows = store.flows()?;
+    let mut groups: BTreeMap<FlowId, (u64, u8, u8, Vec<FlowKey>)> = BTreeMap::new();
+    for (k, v) in &flows {
+        let g = groups
+            .entry(flow_id(k, v))
+            .or_insert((0, 0, k.proto, Vec::new()));
+        g.0 = g.0.max(v.last_seen_ns);
+        g.1 |= v.tcp_flags;
+        g.3.push(*k);
+    }
+    let mut removed = 0;
+    for (last, flags, proto, keys) in groups.into_values() {
+        let idle = Duration::from_nanos(now_ns.saturating_sub(last));
+        if idle > timeout(proto, flags, timeouts) {
+            for k in keys {
+                store.delete_flow(k)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(GcReport {
+        entries: flows.len(),
+        removed,
+    })
+}
+
+/// Counters of the programs and of each accelerated service.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub stats: Vec<(StatIndex, Counter)>,
+    pub services: BTreeMap<ServicePortId, Counter>,
+}
+
+impl Counters {
+    pub fn read(store: &dyn MapStore) -> Result<Self, BpfError> {
+        let stats = store.stats()?;
+        Ok(Self {
+            stats: StatIndex::ALL
+                .iter()
+                .zip(stats)
+                .map(|(i, c)| (*i, c))
+                .collect(),
+            services: store
+                .counters()?
+                .into_iter()
+                .map(|(k, v)| (ServicePortId(k), v))
+                .collect(),
+        })
+    }
+
+    pub fn stat(&self, index: StatIndex) -> Counter {
+        self.stats
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    }
+
+    pub fn service(&self, id: ServicePortId) -> Counter {
+        self.services.get(&id).copied().unwrap_or_default()
+    }
+}

@@ -1,0 +1,439 @@
+//! The seam between the fast path's logic and the kernel's maps: a small trait of map
+//! operations, implemented by the real maps (`kernel::KernelMaps`) and by an in-memory fake.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proxy_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, Counter, FlowKey, FlowValue, MAGLEV_SIZE,
+    MaglevKey, MaglevValue, Meta, ServiceKey, ServiceValue, StatIndex, dir, owner,
+};
+use thiserror::Error;
+
+use super::writes::{MapWrite, MapWrites, Revision, ServiceMaps, SetId, SetRevisions};
+
+/// A failed map operation.
+#[derive(Debug, Error)]
+#[error("map {map}: {operation}")]
+pub struct StoreError {
+    pub map: &'static str,
+    pub operation: &'static str,
+    #[source]
+    pub source: Option<aya::maps::MapError>,
+}
+
+impl StoreError {
+    pub fn new(map: &'static str, operation: &'static str, source: aya::maps::MapError) -> Self {
+        Self {
+            map,
+            operation,
+            source: Some(source),
+        }
+    }
+}
+
+/// Operations on the fast path's maps. Each call is one kernel map operation (or a dump).
+pub trait MapStore {
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), StoreError>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), StoreError>;
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, StoreError>;
+    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), StoreError>;
+    fn delete_backend(&mut self, key: BackendKey) -> Result<(), StoreError>;
+    fn backends(&self) -> Result<Vec<(BackendKey, Backend)>, StoreError>;
+    fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError>;
+    fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError>;
+    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError>;
+    fn put_counter(&mut self, id: u64) -> Result<(), StoreError>;
+    fn delete_counter(&mut self, id: u64) -> Result<(), StoreError>;
+    /// Per-service counters summed over CPUs.
+    fn counters(&self) -> Result<BTreeMap<u64, Counter>, StoreError>;
+    /// The programs' counters summed over CPUs, indexed by [`StatIndex`].
+    fn stats(&self) -> Result<Vec<Counter>, StoreError>;
+    /// Inserts a flow; with `only_new`, an existing entry is kept (and `Ok(false)` returned).
+    fn put_flow(
+        &mut self,
+        key: FlowKey,
+        value: FlowValue,
+        only_new: bool,
+    ) -> Result<bool, StoreError>;
+    fn delete_flow(&mut self, key: FlowKey) -> Result<(), StoreError>;
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, StoreError>;
+    fn affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, StoreError>;
+    fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError>;
+    fn meta(&self) -> Result<Meta, StoreError>;
+    fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError>;
+}
+
+fn backend_key(set: SetId, revision: u32, index: u16) -> BackendKey {
+    BackendKey {
+        id: set.id,
+        revision,
+        set: set.set,
+        _pad: 0,
+        index,
+    }
+}
+
+fn maglev_key(set: SetId, revision: u32) -> MaglevKey {
+    MaglevKey {
+        id: set.id,
+        revision,
+        set: set.set,
+        _pad: [0; 3],
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Applies the writes in order, stopping at the first failure. Returns how many flow entries
+/// were newly marked nftables-owned.
+pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, StoreError> {
+    let mut marked = 0;
+    for write in &writes.writes {
+        match write {
+            MapWrite::PutSet {
+                set,
+                revision,
+                backends,
+                table,
+            } => {
+                for (i, b) in backends.iter().enumerate() {
+                    let index = u16::try_from(i).expect("at most MAX_BACKENDS");
+                    store.put_backend(backend_key(*set, *revision, index), *b)?;
+                }
+                let mut value = Box::new(MaglevValue::default());
+                value.slots.copy_from_slice(&table[..MAGLEV_SIZE]);
+                store.put_maglev(maglev_key(*set, *revision), &value)?;
+            }
+            MapWrite::PutService { key, value } => store.put_service(*key, *value)?,
+            MapWrite::DeleteService { key } => store.delete_service(*key)?,
+            MapWrite::DeleteSet {
+                set,
+                revision,
+                backends,
+            } => {
+                store.delete_maglev(maglev_key(*set, *revision))?;
+                for index in 0..*backends {
+                    store.delete_backend(backend_key(*set, *revision, index))?;
+                }
+            }
+            MapWrite::PutCounter { id } => store.put_counter(*id)?,
+            MapWrite::DeleteCounter { id } => store.delete_counter(*id)?,
+            MapWrite::PurgeBackends {
+                set,
+                backends,
+                flows,
+            } => purge(store, *set, backends, *flows)?,
+            MapWrite::MarkNftablesOwned { flows } => {
+                let now = monotonic_ns();
+                for key in flows {
+                    let value = FlowValue {
+                        last_seen_ns: now,
+                        owner: owner::NFTABLES,
+                        ..FlowValue::default()
+                    };
+                    if store.put_flow(*key, value, true)? {
+                        marked += 1;
+                    }
+                }
+            }
+            MapWrite::SetGeneration { generation } => {
+                let mut meta = store.meta()?;
+                meta.generation = *generation;
+                store.set_meta(meta)?;
+            }
+        }
+    }
+    Ok(marked)
+}
+
+fn purge(
+    store: &mut dyn MapStore,
+    set: SetId,
+    backends: &[Backend],
+    flows: bool,
+) -> Result<(), StoreError> {
+    for (key, value) in store.affinity()? {
+        if key.id == set.id && key.set == set.set && backends.contains(&value.backend) {
+            store.delete_affinity(key)?;
+        }
+    }
+    if flows {
+        let gone = |addr: u32, port: u16| backends.iter().any(|b| b.addr == addr && b.port == port);
+        for (key, value) in store.flows()? {
+            let stale = value.id == set.id
+                && value.owner == owner::FAST
+                && if key.dir == dir::FORWARD {
+                    gone(value.nat.addr, value.nat.port)
+                } else {
+                    gone(key.src, key.sport)
+                };
+            if stale {
+                store.delete_flow(key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the service maps back into a mirror: service entries, and each set's revisions (the
+/// one service entries point at is current; another is the previous one).
+pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError> {
+    let services: BTreeMap<ServiceKey, ServiceValue> = store.services()?.into_iter().collect();
+    let mut revisions: BTreeMap<(SetId, u32), BTreeMap<u16, Backend>> = BTreeMap::new();
+    for (k, v) in store.backends()? {
+        revisions
+            .entry((
+                SetId {
+                    id: k.id,
+                    set: k.set,
+                },
+                k.revision,
+            ))
+            .or_default()
+            .insert(k.index, v);
+    }
+    for k in store.maglev_keys()? {
+        revisions
+            .entry((
+                SetId {
+                    id: k.id,
+                    set: k.set,
+                },
+                k.revision,
+            ))
+            .or_default();
+    }
+    let referenced: BTreeMap<SetId, u32> = services
+        .values()
+        .map(|v| {
+            (
+                SetId {
+                    id: v.id,
+                    set: v.set,
+                },
+                v.revision,
+            )
+        })
+        .collect();
+    let mut grouped: BTreeMap<SetId, Vec<Revision>> = BTreeMap::new();
+    for ((set, revision), backends) in revisions {
+        grouped.entry(set).or_default().push(Revision {
+            revision,
+            backends: backends.into_values().collect(),
+        });
+    }
+    let mut sets = BTreeMap::new();
+    let mut stale = Vec::new();
+    for (set, mut revs) in grouped {
+        // Ascending revisions; the current one is what service entries use (else the
+        // newest), the previous one the newest of the rest; anything older is left over from
+        // an interrupted sync and goes at the next one.
+        let current_rev = referenced
+            .get(&set)
+            .copied()
+            .unwrap_or_else(|| revs.last().expect("non-empty").revision);
+        let Some(pos) = revs.iter().position(|r| r.revision == current_rev) else {
+            stale.extend(revs.into_iter().map(|r| (set, r)));
+            continue;
+        };
+        let current = revs.remove(pos);
+        let previous = revs.pop();
+        stale.extend(revs.into_iter().map(|r| (set, r)));
+        sets.insert(set, SetRevisions { current, previous });
+    }
+    Ok(ServiceMaps {
+        services,
+        sets,
+        stale,
+        counters: store.counters()?.into_keys().collect(),
+        generation: store.meta()?.generation,
+    })
+}
+
+/// The in-memory fake: every map as a sorted map, dumpable for golden comparisons. It keeps
+/// the kernel's semantics that matter (capacity limits, `BPF_NOEXIST`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FakeMaps {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+    pub maglev: BTreeMap<MaglevKey, Vec<u16>>,
+    pub counters: BTreeMap<u64, Counter>,
+    pub stats: Vec<Counter>,
+    pub flows: BTreeMap<FlowKey, FlowValue>,
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
+    pub meta: Meta,
+    /// `max_entries` of the flow table.
+    pub flow_capacity: usize,
+    /// Fail the operation after this many more successful ones (fault injection).
+    pub fail_after: Option<usize>,
+}
+
+impl FakeMaps {
+    pub fn new() -> Self {
+        Self {
+            stats: vec![Counter::default(); StatIndex::COUNT as usize],
+            flow_capacity: proxy_common::capacity::CONNECTIONS as usize,
+            meta: Meta {
+                layout_version: proxy_common::LAYOUT_VERSION,
+                ..Meta::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    fn step(&mut self, map: &'static str, operation: &'static str) -> Result<(), StoreError> {
+        match &mut self.fail_after {
+            Some(0) => Err(StoreError {
+                map,
+                operation,
+                source: None,
+            }),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the writes all-or-nothing: on a failure the maps are left as they were.
+    pub fn apply_atomic(&mut self, writes: &MapWrites) -> Result<usize, StoreError> {
+        let mut copy = self.clone();
+        let marked = apply(&mut copy, writes)?;
+        *self = copy;
+        Ok(marked)
+    }
+
+    /// A readable dump of the service maps, for golden comparisons.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (k, v) in &self.services {
+            let _ = writeln!(out, "service {k:?} -> {v:?}");
+        }
+        for (k, v) in &self.backends {
+            let _ = writeln!(out, "backend {k:?} -> {v:?}");
+        }
+        for k in self.maglev.keys() {
+            let _ = writeln!(out, "maglev {k:?}");
+        }
+        let _ = writeln!(
+            out,
+            "counters {:?}",
+            self.counters.keys().collect::<BTreeSet<_>>()
+        );
+        let _ = writeln!(out, "generation {}", self.meta.generation);
+        out
+    }
+}
+
+impl MapStore for FakeMaps {
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), StoreError> {
+        self.step("services", "put")?;
+        self.services.insert(key, value);
+        Ok(())
+    }
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), StoreError> {
+        self.step("services", "delete")?;
+        self.services.remove(&key);
+        Ok(())
+    }
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, StoreError> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), StoreError> {
+        self.step("backends", "put")?;
+        self.backends.insert(key, value);
+        Ok(())
+    }
+    fn delete_backend(&mut self, key: BackendKey) -> Result<(), StoreError> {
+        self.step("backends", "delete")?;
+        self.backends.remove(&key);
+        Ok(())
+    }
+    fn backends(&self) -> Result<Vec<(BackendKey, Backend)>, StoreError> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError> {
+        self.step("maglev", "put")?;
+        self.maglev.insert(key, value.slots.to_vec());
+        Ok(())
+    }
+    fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError> {
+        self.step("maglev", "delete")?;
+        self.maglev.remove(&key);
+        Ok(())
+    }
+    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError> {
+        Ok(self.maglev.keys().copied().collect())
+    }
+    fn put_counter(&mut self, id: u64) -> Result<(), StoreError> {
+        self.step("counters", "put")?;
+        self.counters.insert(id, Counter::default());
+        Ok(())
+    }
+    fn delete_counter(&mut self, id: u64) -> Result<(), StoreError> {
+        self.step("counters", "delete")?;
+        self.counters.remove(&id);
+        Ok(())
+    }
+    fn counters(&self) -> Result<BTreeMap<u64, Counter>, StoreError> {
+        Ok(self.counters.clone())
+    }
+    fn stats(&self) -> Result<Vec<Counter>, StoreError> {
+        Ok(self.stats.clone())
+    }
+    fn put_flow(
+        &mut self,
+        key: FlowKey,
+        value: FlowValue,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        self.step("flows", "put")?;
+        if only_new && self.flows.contains_key(&key) {
+            return Ok(false);
+        }
+        if !self.flows.contains_key(&key) && self.flows.len() >= self.flow_capacity {
+            return Err(StoreError {
+                map: "flows",
+                operation: "put (full)",
+                source: None,
+            });
+        }
+        self.flows.insert(key, value);
+        Ok(true)
+    }
+    fn delete_flow(&mut self, key: FlowKey) -> Result<(), StoreError> {
+        self.step("flows", "delete")?;
+        self.flows.remove(&key);
+        Ok(())
+    }
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, StoreError> {
+        Ok(self.flows.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, StoreError> {
+        Ok(self.affinity.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError> {
+        self.step("affinity", "delete")?;
+        self.affinity.remove(&key);
+        Ok(())
+    }
+    fn meta(&self) -> Result<Meta, StoreError> {
+        Ok(self.meta)
+    }
+    fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError> {
+        self.step("meta", "put")?;
+        self.meta = meta;
+        Ok(())
+    }
+}

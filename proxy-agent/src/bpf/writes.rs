@@ -1,0 +1,510 @@
+//! One sync of the service maps as a value: the desired entries computed from the
+//! eligibility decisions, diffed against a mirror of what the maps hold, turned into an
+//! ordered list of map writes with a `Display`.
+//!
+//! Ordering is what makes a sync safe for readers without transactions:
+//! 1. a changed backend set is written under a *new revision* (backends, then its Maglev
+//!    table), never in place;
+//! 2. then service entries are written, each pointing at its set's new revision: one map
+//!    update per address, which the kernel applies atomically, so a packet sees the whole old
+//!    set or the whole new one;
+//! 3. then removed services are deleted;
+//! 4. the revision before last of a changed set is deleted (the last one stays until the next
+//!    change, for readers that looked up the service entry just before the flip).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use proxy_common::{Backend, FlowKey, ServiceKey, ServiceValue, scope, service_flags};
+
+use super::{eligibility::PortEligibility, maglev};
+use crate::model::Protocol;
+
+/// A backend set: one endpoint list of one service port (`ServicePortId`, `set::*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetId {
+    pub id: u64,
+    pub set: u8,
+}
+
+impl fmt::Display for SetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = if self.set == proxy_common::set::LOCAL {
+            "local"
+        } else {
+            "cluster"
+        };
+        write!(f, "{:016x}/{set}", self.id)
+    }
+}
+
+/// One revision of a backend set as written in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revision {
+    pub revision: u32,
+    pub backends: Vec<Backend>,
+}
+
+/// A backend set's revisions in the maps: the one service entries use, and the one before,
+/// kept until the next change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetRevisions {
+    pub current: Revision,
+    pub previous: Option<Revision>,
+}
+
+/// What the service maps hold (everything but flows and affinity): the mirror a sync diffs
+/// against, and what a dump of the maps reads back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceMaps {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub sets: BTreeMap<SetId, SetRevisions>,
+    /// Revisions no service entry uses, left by an interrupted sync: deleted by the next one.
+    pub stale: Vec<(SetId, Revision)>,
+    pub counters: BTreeSet<u64>,
+    pub generation: u64,
+}
+
+/// A service entry the plan wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    pub set: SetId,
+    pub affinity_timeout: Option<u32>,
+    pub protocol: Protocol,
+}
+
+/// The service maps' desired content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub services: BTreeMap<ServiceKey, DesiredService>,
+    pub sets: BTreeMap<SetId, Vec<Backend>>,
+}
+
+/// Wire form of an IPv4 address and port.
+pub fn backend_of(ip: Ipv4Addr, port: u16) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(ip.octets()),
+        port: port.to_be(),
+        _pad: 0,
+    }
+}
+
+/// The address of a wire-form backend.
+pub fn backend_addr(b: &Backend) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The service key of an address as a packet addresses it.
+pub fn service_key(ip: Ipv4Addr, port: u16, protocol: Protocol, key_scope: u8) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from_ne_bytes(ip.octets()),
+        port: port.to_be(),
+        proto: protocol.number(),
+        scope: key_scope,
+    }
+}
+
+/// The desired entries of every accelerated path. The first port to claim an address keeps
+/// it (the plan already resolved conflicts the same way).
+pub fn desired(ports: &[PortEligibility]) -> Desired {
+    let mut out = Desired::default();
+    for port in ports {
+        for (decision, key_scope) in [(&port.pods, scope::POD), (&port.external, scope::EXTERNAL)] {
+            let Ok(acc) = decision else { continue };
+            let set = SetId {
+                id: port.id.0,
+                set: acc.set.raw(),
+            };
+            let mut backends: Vec<Backend> = acc
+                .endpoints
+                .iter()
+                .filter_map(|e| v4(e.ip).map(|ip| backend_of(ip, e.port)))
+                .collect();
+            backends.sort_by_key(backend_addr);
+            backends.dedup();
+            out.sets.insert(set, backends);
+            for (ip, p) in &acc.addresses {
+                let Some(ip) = v4(*ip) else { continue };
+                out.services
+                    .entry(service_key(ip, *p, port.protocol, key_scope))
+                    .or_insert(DesiredService {
+                        set,
+                        affinity_timeout: port.affinity_timeout,
+                        protocol: port.protocol,
+                    });
+            }
+        }
+    }
+    // Drop sets no entry uses (their addresses were all claimed by another port).
+    let used: BTreeSet<SetId> = out.services.values().map(|s| s.set).collect();
+    out.sets.retain(|set, _| used.contains(set));
+    out
+}
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapWrite {
+    /// Writes a revision of a backend set: its backends, then its Maglev table.
+    PutSet {
+        set: SetId,
+        revision: u32,
+        backends: Vec<Backend>,
+        table: Arc<Vec<u16>>,
+    },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    DeleteService {
+        key: ServiceKey,
+    },
+    /// Deletes a revision of a backend set (its Maglev table, then its backends).
+    DeleteSet {
+        set: SetId,
+        revision: u32,
+        backends: u16,
+    },
+    /// Creates a service's per-CPU counters (zero).
+    PutCounter {
+        id: u64,
+    },
+    DeleteCounter {
+        id: u64,
+    },
+    /// Forgets what pointed at backends that left a set: affinity entries, and for UDP the
+    /// flows (as kube-proxy clears stale UDP conntrack entries, so that the client's next
+    /// datagram picks a live backend).
+    PurgeBackends {
+        set: SetId,
+        backends: Vec<Backend>,
+        flows: bool,
+    },
+    /// Marks flows nftables started as nftables-owned, so that the fast path never takes
+    /// them over (written before the service entries that would capture them).
+    MarkNftablesOwned {
+        flows: Vec<FlowKey>,
+    },
+    SetGeneration {
+        generation: u64,
+    },
+}
+
+fn fmt_key(k: ServiceKey) -> String {
+    let (ip, port) = backend_addr(&Backend {
+        addr: k.addr,
+        port: k.port,
+        _pad: 0,
+    });
+    let proto = match k.proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "?",
+    };
+    let scope = if k.scope == scope::POD {
+        "pods"
+    } else {
+        "external"
+    };
+    format!("{ip}:{port}/{proto} [{scope}]")
+}
+
+fn fmt_backends(backends: &[Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| {
+            let (ip, port) = backend_addr(b);
+            format!("{ip}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl fmt::Display for MapWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PutSet {
+                set,
+                revision,
+                backends,
+                ..
+            } => write!(
+                f,
+                "put set {set} rev {revision}: [{}] + maglev",
+                fmt_backends(backends)
+            ),
+            Self::PutService { key, value } => write!(
+                f,
+                "put service {} -> set {} rev {} ({} backends{})",
+                fmt_key(*key),
+                SetId {
+                    id: value.id,
+                    set: value.set
+                },
+                value.revision,
+                value.backend_count,
+                if value.flags & service_flags::AFFINITY != 0 {
+                    format!(", affinity {}s", value.affinity_timeout_s)
+                } else {
+                    String::new()
+                }
+            ),
+            Self::DeleteService { key } => write!(f, "delete service {}", fmt_key(*key)),
+            Self::DeleteSet {
+                set,
+                revision,
+                backends,
+            } => write!(f, "delete set {set} rev {revision} ({backends} backends)"),
+            Self::PutCounter { id } => write!(f, "put counter {id:016x}"),
+            Self::DeleteCounter { id } => write!(f, "delete counter {id:016x}"),
+            Self::PurgeBackends {
+                set,
+                backends,
+                flows,
+            } => write!(
+                f,
+                "purge affinity{} of set {set} to [{}]",
+                if *flows { " and flows" } else { "" },
+                fmt_backends(backends)
+            ),
+            Self::MarkNftablesOwned { flows } => {
+                write!(f, "mark {} flow(s) nftables-owned", flows.len())
+            }
+            Self::SetGeneration { generation } => write!(f, "set generation {generation}"),
+        }
+    }
+}
+
+/// The writes of one sync, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapWrites {
+    pub generation: u64,
+    pub writes: Vec<MapWrite>,
+}
+
+impl MapWrites {
+    /// Whether the sync changes anything but the generation.
+    pub fn is_noop(&self) -> bool {
+        self.writes
+            .iter()
+            .all(|w| matches!(w, MapWrite::SetGeneration { .. }))
+    }
+}
+
+impl fmt::Display for MapWrites {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "bpf sync generation {} ({} writes)",
+            self.generation,
+            self.writes.len()
+        )?;
+        for w in &self.writes {
+            writeln!(f, "  {w}")?;
+        }
+        Ok(())
+    }
+}
+
+fn maglev_table(backends: &[Backend]) -> Arc<Vec<u16>> {
+    let names: Vec<Vec<u8>> = backends
+        .iter()
+        .map(|b| {
+            let (ip, port) = backend_addr(b);
+            format!("{ip}:{port}").into_bytes()
+        })
+        .collect();
+    Arc::new(maglev::table(&names))
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass per map kind, in write order; splitting it hides the order"
+)]
+/// Diffs `desired` against the `mirror` of the maps. Returns the writes and the mirror as it
+/// will be once they are applied.
+pub fn plan_writes(
+    mirror: &ServiceMaps,
+    desired: &Desired,
+    generation: u64,
+) -> (MapWrites, ServiceMaps) {
+    let mut next = mirror.clone();
+    let mut sets_out = Vec::new();
+    let mut services_out = Vec::new();
+    let mut deletes_out = Vec::new();
+    let mut cleanup_out = Vec::new();
+    let mut purges = Vec::new();
+
+    let udp_sets: BTreeSet<SetId> = desired
+        .services
+        .values()
+        .filter(|s| s.protocol == Protocol::Udp)
+        .map(|s| s.set)
+        .collect();
+
+    for (set, backends) in &desired.sets {
+        // A new revision must not reuse any number still in the maps.
+        let highest_stale = next
+            .stale
+            .iter()
+            .filter(|(s, _)| s == set)
+            .map(|(_, r)| r.revision)
+            .max()
+            .unwrap_or(0);
+        match next.sets.get_mut(set) {
+            Some(revs) if revs.current.backends == *backends => {}
+            Some(revs) => {
+                let revision = revs
+                    .current
+                    .revision
+                    .max(revs.previous.as_ref().map_or(0, |p| p.revision))
+                    .max(highest_stale)
+                    .wrapping_add(1)
+                    .max(1);
+                sets_out.push(MapWrite::PutSet {
+                    set: *set,
+                    revision,
+                    backends: backends.clone(),
+                    table: maglev_table(backends),
+                });
+                let removed: Vec<Backend> = revs
+                    .current
+                    .backends
+                    .iter()
+                    .filter(|b| !backends.contains(b))
+                    .copied()
+                    .collect();
+                if !removed.is_empty() {
+                    purges.push(MapWrite::PurgeBackends {
+                        set: *set,
+                        backends: removed,
+                        flows: udp_sets.contains(set),
+                    });
+                }
+                let old = std::mem::replace(
+                    &mut revs.current,
+                    Revision {
+                        revision,
+                        backends: backends.clone(),
+                    },
+                );
+                if let Some(before) = revs.previous.replace(old) {
+                    cleanup_out.push(MapWrite::DeleteSet {
+                        set: *set,
+                        revision: before.revision,
+                        backends: count(&before.backends),
+                    });
+                }
+            }
+            None => {
+                let revision = highest_stale.wrapping_add(1).max(1);
+                sets_out.push(MapWrite::PutSet {
+                    set: *set,
+                    revision,
+                    backends: backends.clone(),
+                    table: maglev_table(backends),
+                });
+                next.sets.insert(
+                    *set,
+                    SetRevisions {
+                        current: Revision {
+                            revision,
+                            backends: backends.clone(),
+                        },
+                        previous: None,
+                    },
+                );
+            }
+        }
+    }
+
+    for (key, want) in &desired.services {
+        let revs = &next.sets[&want.set];
+        let value = ServiceValue {
+            id: want.set.id,
+            revision: revs.current.revision,
+            affinity_timeout_s: want.affinity_timeout.unwrap_or(0),
+            backend_count: count(&revs.current.backends),
+            set: want.set.set,
+            flags: if want.affinity_timeout.is_some() {
+                service_flags::AFFINITY
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        if next.services.get(key) != Some(&value) {
+            services_out.push(MapWrite::PutService { key: *key, value });
+            next.services.insert(*key, value);
+        }
+    }
+    let stale: Vec<ServiceKey> = next
+        .services
+        .keys()
+        .filter(|k| !desired.services.contains_key(k))
+        .copied()
+        .collect();
+    for key in stale {
+        next.services.remove(&key);
+        deletes_out.push(MapWrite::DeleteService { key });
+    }
+    let stale_sets: Vec<SetId> = next
+        .sets
+        .keys()
+        .filter(|s| !desired.sets.contains_key(s))
+        .copied()
+        .collect();
+    for set in stale_sets {
+        let revs = next.sets.remove(&set).expect("listed above");
+        for rev in std::iter::once(revs.current).chain(revs.previous) {
+            cleanup_out.push(MapWrite::DeleteSet {
+                set,
+                revision: rev.revision,
+                backends: count(&rev.backends),
+            });
+        }
+    }
+
+    for (set, rev) in std::mem::take(&mut next.stale) {
+        cleanup_out.push(MapWrite::DeleteSet {
+            set,
+            revision: rev.revision,
+            backends: count(&rev.backends),
+        });
+    }
+
+    let ids: BTreeSet<u64> = desired.services.values().map(|s| s.set.id).collect();
+    let mut counters = Vec::new();
+    for id in ids.difference(&mirror.counters) {
+        counters.push(MapWrite::PutCounter { id: *id });
+    }
+    for id in mirror.counters.difference(&ids) {
+        cleanup_out.push(MapWrite::DeleteCounter { id: *id });
+    }
+    next.counters = ids;
+    next.generation = generation;
+
+    let mut writes = Vec::new();
+    writes.extend(counters);
+    writes.extend(sets_out);
+    writes.extend(services_out);
+    writes.extend(deletes_out);
+    writes.extend(purges);
+    writes.extend(cleanup_out);
+    writes.push(MapWrite::SetGeneration { generation });
+    (MapWrites { generation, writes }, next)
+}
+
+fn count(backends: &[Backend]) -> u16 {
+    u16::try_from(backends.len()).expect("at most MAX_BACKENDS")
+}

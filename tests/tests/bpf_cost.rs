@@ -1,0 +1,34 @@
+//! The programs' cost per packet (`BPF_PROG_TEST_RUN`) with 1 and with 10,000 services
+//! loaded. Prints both; asserts only that every case ran (timings on shared machines drift,
+//! the benchmark compares them).
+
+use hybrid_proxy_tests::{bpf_harness::chain, privileged};
+use proxy_agent::bpf::bench;
+
+#[test]
+fn per_packet_cost_with_1_and_10000_services() {
+    if !privileged::root_or_skip("per_packet_cost") {
+        return;
+    }
+    let mut rows = Vec::new();
+    for services in [1, 10_000] {
+        let costs = bench::prog_cost(services, 100_000, 5)
+            .unwrap_or_else(|e| panic!("measuring with {services} services: {}", chain(&e)));
+        assert_eq!(costs.len(), 4);
+        rows.extend(costs);
+    }
+    println!(
+        "{:<14} {:<24} {:>9} {:>12}",
+        "program", "case", "services", "ns/packet"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:<24} {:>9} {:>12}",
+            r.program,
+            r.case,
+            r.services,
+            r.per_packet.as_nanos()
+        );
+        assert!(r.per_packet.as_nanos() > 0, "{r:?}");
+    }
+}
