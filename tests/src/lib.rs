@@ -5,6 +5,7 @@
 //! root namespace's routes or firewall.
 
 pub mod bpf_harness;
+pub mod bpf_lab;
 pub mod fake_api;
 pub mod netns;
 pub mod packet;

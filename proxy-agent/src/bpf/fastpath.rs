@@ -7,7 +7,7 @@ use ipnet::{IpNet, Ipv4Net};
 use proxy_common::{LAYOUT_VERSION, Meta};
 
 use super::{
-    config::{FastPathConfig, PodInterfaces},
+    config::{AccelerationMode, FastPathConfig, PodInterfaces},
     eligibility::PortEligibility,
     kernel::{self, Attachment, Datapath, Hook},
     netlink,
@@ -280,6 +280,13 @@ impl FastPath {
             plan,
             generation,
         )
+    }
+
+    /// Changes the acceleration mode; the next [`FastPath::apply`] promotes and demotes
+    /// accordingly (demoted flows finish on the fast path).
+    pub fn set_mode(&mut self, mode: AccelerationMode) {
+        self.config.mode = mode;
+        self.syncer.mode = mode;
     }
 
     /// Removes flows idle longer than the configured timeouts. Run it periodically (the

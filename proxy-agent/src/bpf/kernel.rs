@@ -505,11 +505,12 @@ impl Datapath {
             let id = prog
                 .attach_to_link(link)
                 .map_err(attach_error(interface, Hook::Xdp))?;
-            // The pin keeps the (updated) link; dropping our handle must not detach it.
+            // The pin keeps the (updated) link alive: close our descriptor of it (leaking
+            // it would keep the link attached after a cleanup removed the pin).
             let link = prog
                 .take_link(id)
                 .map_err(attach_error(interface, Hook::Xdp))?;
-            std::mem::forget(link);
+            drop(FdLink::try_from(link).map_err(link_error(interface, Hook::Xdp))?);
             return Ok(attachment);
         }
         let modes: &[(XdpMode, AttachMode)] = match xdp_mode {
@@ -570,7 +571,7 @@ impl Datapath {
                 .attach_to_link(link)
                 .map_err(attach_error(interface, hook))?;
             let link = prog.take_link(id).map_err(attach_error(interface, hook))?;
-            std::mem::forget(link);
+            drop(FdLink::try_from(link).map_err(link_error(interface, hook))?);
             return Ok(attachment);
         }
         match prog.attach_with_options(

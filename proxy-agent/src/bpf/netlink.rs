@@ -1,7 +1,6 @@
 //! The few netlink conversations the fast path needs, spoken directly over `AF_NETLINK`
-//! sockets: the IPv4 routes (to find pod-facing interfaces), link and route events (to notice
-//! new and vanished pod interfaces), and kernel conntrack's IPv4 tuples (to find flows
-//! nftables started before a service was promoted).
+//! sockets: the IPv4 routes and links (to find pod-facing interfaces), and link and route
+//! events (to notice new and vanished pod interfaces).
 
 use std::{
     io,
@@ -22,18 +21,6 @@ const RTA_OIF: u16 = 4;
 const RTA_TABLE: u16 = 15;
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const NETLINK_NETFILTER: i32 = 12;
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -263,73 +250,6 @@ pub struct ConntrackTuple {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-}
-
-fn parse_tuple(data: &[u8]) -> Option<ConntrackTuple> {
-    let mut t = ConntrackTuple {
-        src: 0,
-        dst: 0,
-        sport: 0,
-        dport: 0,
-        proto: 0,
-    };
-    let mut have_ip = false;
-    for (ty, payload) in attrs(data) {
-        match ty {
-            CTA_TUPLE_IP => {
-                for (ity, p) in attrs(payload) {
-                    if p.len() == 4 {
-                        let v = u32::from_ne_bytes(p.try_into().expect("4"));
-                        match ity {
-                            CTA_IP_V4_SRC => t.src = v,
-                            CTA_IP_V4_DST => {
-                                t.dst = v;
-                                have_ip = true;
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            CTA_TUPLE_PROTO => {
-                for (pty, p) in attrs(payload) {
-                    match (pty, p.len()) {
-                        (CTA_PROTO_NUM, 1) => t.proto = p[0],
-                        (CTA_PROTO_SRC_PORT, 2) => t.sport = u16::from_ne_bytes([p[0], p[1]]),
-                        (CTA_PROTO_DST_PORT, 2) => t.dport = u16::from_ne_bytes([p[0], p[1]]),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    have_ip.then_some(t)
-}
-
-/// Every IPv4 conntrack entry's original tuple in this network namespace. Fails when the
-/// kernel has no conntrack netlink interface.
-pub fn conntrack_ipv4() -> io::Result<Vec<ConntrackTuple>> {
-    let mut sock = Socket::open(NETLINK_NETFILTER, 0)?;
-    let nfgenmsg = [u8::try_from(libc::AF_INET).expect("small"), 0, 0, 0];
-    let mut out = Vec::new();
-    sock.dump(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-        &nfgenmsg,
-        |ty, body| {
-            if ty != (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW || body.len() < 4 {
-                return;
-            }
-            for (aty, payload) in attrs(&body[4..]) {
-                if aty == CTA_TUPLE_ORIG
-                    && let Some(t) = parse_tuple(payload)
-                {
-                    out.push(t);
-                }
-            }
-        },
-    )?;
-    Ok(out)
 }
 
 /// Interfaces of the calling thread's network namespace: `(name, index)`, by name. (Read

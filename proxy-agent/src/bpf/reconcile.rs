@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, io,
+    net::IpAddr,
     time::Duration,
 };
 
@@ -26,13 +27,33 @@ pub trait ConntrackSource {
     fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>>;
 }
 
-/// The kernel's conntrack table, over ctnetlink.
+/// The kernel's conntrack table, over ctnetlink (the agent's `conntrack` module).
 #[derive(Debug, Default)]
 pub struct KernelConntrack;
 
 impl ConntrackSource for KernelConntrack {
     fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>> {
-        super::netlink::conntrack_ipv4()
+        use crate::conntrack::Conntrack as _;
+        let mut ct = crate::conntrack::NetlinkConntrack::new();
+        let mut out = Vec::new();
+        for protocol in [6u8, 17] {
+            let flows = ct
+                .flows(crate::model::IpFamily::V4, protocol)
+                .map_err(io::Error::other)?;
+            for f in flows {
+                let (IpAddr::V4(src), IpAddr::V4(dst)) = (f.original.src, f.original.dst) else {
+                    continue;
+                };
+                out.push(ConntrackTuple {
+                    src: u32::from_ne_bytes(src.octets()),
+                    dst: u32::from_ne_bytes(dst.octets()),
+                    sport: f.original.src_port.to_be(),
+                    dport: f.original.dst_port.to_be(),
+                    proto: protocol,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
