@@ -19,7 +19,9 @@ use hybrid_proxy_tests::{
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proxy_agent::{
-    bpf::{AccelerationMode, FastPath, FastPathConfig, InterfaceWatcher, kernel},
+    bpf::{
+        AccelerationMode, FastPath, FastPathConfig, InterfaceWatcher, kernel, store::MapStore as _,
+    },
     model::fixtures::{ServiceBuilder, SliceBuilder},
     plan::{ProxyPlan, ServicePortId},
 };
@@ -393,5 +395,49 @@ fn new_pod_interfaces_are_attached_and_vanished_ones_forgotten() {
         kernel::pinned_links(&pin.0)
             .iter()
             .all(|(a, _)| a.interface != "p-c2")
+    );
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_rebuilt_not_adopted() {
+    if !root("bpf_lab_layout") {
+        return;
+    }
+    let ns = hybrid_proxy_tests::netns::Netns::new("fpl");
+    let pin = Pin::new("layout");
+    let cfg = FastPathConfig {
+        mode: AccelerationMode::All,
+        pod_interfaces: proxy_agent::bpf::PodInterfaces::Names(Vec::new()),
+        pin_path: pin.0.clone(),
+        ..FastPathConfig::default()
+    };
+    let open_here = || {
+        ns.run(|| FastPath::open(&cfg, &[]))
+            .unwrap_or_else(|e| panic!("opening: {}", chain(&e)))
+    };
+    let mut fp = open_here();
+    let key = proxy_common::FlowKey::default();
+    let value = proxy_common::FlowValue {
+        owner: proxy_common::owner::NFTABLES,
+        ..proxy_common::FlowValue::default()
+    };
+    fp.maps().put_flow(key, value, false).unwrap();
+    let mut meta = fp.maps().meta().unwrap();
+    meta.layout_version = 999;
+    fp.maps().set_meta(meta).unwrap();
+    drop(fp);
+
+    let fp = open_here();
+    let status = fp.status().unwrap();
+    assert!(!status.adopted, "{status}");
+    let why = status.rebuilt.clone().expect("rebuilt");
+    assert!(why.contains("v999"), "{why}");
+    assert_eq!(status.layout_version, proxy_common::LAYOUT_VERSION);
+    assert_eq!(status.flows, 0, "nothing of the old layout is read");
+    drop(fp);
+    let fp = open_here();
+    assert!(
+        fp.status().unwrap().adopted,
+        "the rebuilt maps are adopted next time"
     );
 }

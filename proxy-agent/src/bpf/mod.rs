@@ -23,3 +23,6 @@ pub use eligibility::{PortEligibility, Reason};
 pub use fastpath::{FastPath, FastPathStatus, InterfaceChanges, InterfaceWatcher, cleanup};
 pub use object::{BpfError, embedded_object};
 pub use reconcile::{ApplyReport, GcReport};
+
+#[cfg(test)]
+mod tests;

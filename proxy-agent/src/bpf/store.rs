@@ -233,22 +233,29 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
     }
     let mut sets = BTreeMap::new();
     let mut stale = Vec::new();
-    for (set, mut revs) in grouped {
-        // Ascending revisions; the current one is what service entries use (else the
-        // newest), the previous one the newest of the rest; anything older is left over from
-        // an interrupted sync and goes at the next one.
-        let current_rev = referenced
-            .get(&set)
-            .copied()
-            .unwrap_or_else(|| revs.last().expect("non-empty").revision);
-        let Some(pos) = revs.iter().position(|r| r.revision == current_rev) else {
-            stale.extend(revs.into_iter().map(|r| (set, r)));
-            continue;
-        };
-        let current = revs.remove(pos);
-        let previous = revs.pop();
-        stale.extend(revs.into_iter().map(|r| (set, r)));
-        sets.insert(set, SetRevisions { current, previous });
+    for (set, revs) in grouped {
+        // The current revision is the one service entries use. Any other was either kept for
+        // readers of the last flip or left by an interrupted sync (possibly incomplete: a
+        // sync writes a revision before any entry uses it): never trust it, delete it at the
+        // next sync.
+        let current = referenced.get(&set).copied();
+        let mut current_rev = None;
+        for r in revs {
+            if Some(r.revision) == current {
+                current_rev = Some(r);
+            } else {
+                stale.push((set, r));
+            }
+        }
+        if let Some(current) = current_rev {
+            sets.insert(
+                set,
+                SetRevisions {
+                    current,
+                    previous: None,
+                },
+            );
+        }
     }
     Ok(ServiceMaps {
         services,

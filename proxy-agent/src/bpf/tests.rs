@@ -1,0 +1,486 @@
+//! The fast path's pure logic and its seam, on the in-memory fakes: which ports are
+//! accelerated and why not, what a sync writes, that the writes round-trip through the maps
+//! (adoption), that a failed sync converges, and garbage collection.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{core::v1 as core, discovery::v1::EndpointSlice};
+use proxy_common::{FlowKey, FlowValue, dir, owner, tcp};
+
+use super::{
+    config::{AccelerationMode, FlowTimeouts},
+    reconcile::{self, FakeConntrack, Syncer},
+    store::FakeMaps,
+    writes::backend_of,
+};
+use crate::{
+    model::{
+        ClusterState,
+        fixtures::{NodeBuilder, ServiceBuilder, SliceBuilder},
+        service::ACCELERATION_ANNOTATION,
+    },
+    plan::{self, DetectLocal, PlanSettings, ProxyPlan},
+};
+
+fn settings(masquerade_all: bool) -> PlanSettings {
+    PlanSettings {
+        node_name: "node-a".into(),
+        detect_local: DetectLocal::ClusterCidr,
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        masquerade_all,
+        ..PlanSettings::default()
+    }
+}
+
+fn plan_with(
+    services: Vec<core::Service>,
+    slices: Vec<EndpointSlice>,
+    masquerade_all: bool,
+) -> ProxyPlan {
+    let mut state = ClusterState::new();
+    for s in services {
+        state.upsert_service(s).unwrap();
+    }
+    for s in slices {
+        state.upsert_slice(s).unwrap();
+    }
+    state.set_node(Some(
+        NodeBuilder::new("node-a")
+            .internal_ip("192.168.1.10")
+            .pod_cidr("10.244.1.0/24")
+            .build(),
+    ));
+    plan::compute(&state, &settings(masquerade_all))
+}
+
+fn web() -> ServiceBuilder {
+    ServiceBuilder::cluster_ip("default", "web", "10.96.0.10").port("http", 80)
+}
+
+fn slice(endpoints: &[(&str, &str)]) -> EndpointSlice {
+    let mut b = SliceBuilder::new("default", "web").port("http", 8080);
+    for (ip, node) in endpoints {
+        b = b.endpoint(ip, node);
+    }
+    b.build()
+}
+
+fn both() -> EndpointSlice {
+    slice(&[("10.244.1.5", "node-a"), ("10.244.2.5", "node-b")])
+}
+
+/// `(pods, external)` decisions of the first port, as the report prints them.
+fn decide(plan: &ProxyPlan, mode: AccelerationMode) -> (String, String) {
+    let ports = super::eligibility::decide(plan, mode);
+    let show = |d: &super::eligibility::Decision| match d {
+        Ok(a) => format!("on {}", a.addresses.len()),
+        Err(r) => r.to_string(),
+    };
+    (show(&ports[0].pods), show(&ports[0].external))
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+fn eligibility_says_why_a_port_stays_on_nftables() {
+    use AccelerationMode::{All, Annotated, Off};
+    let annotated = |v: &str| web().annotation(ACCELERATION_ANNOTATION, v);
+    let lb = || {
+        web()
+            .node_port(30080)
+            .load_balancer(&["198.51.100.7"])
+            .external_ips(&["203.0.113.9"])
+    };
+    let cases: Vec<(
+        &str,
+        ServiceBuilder,
+        EndpointSlice,
+        AccelerationMode,
+        bool,
+        &str,
+        &str,
+    )> = vec![
+        (
+            "cluster IP",
+            web(),
+            both(),
+            All,
+            false,
+            "on 1",
+            "no external address",
+        ),
+        (
+            "mode off",
+            web(),
+            both(),
+            Off,
+            false,
+            "mode off",
+            "mode off",
+        ),
+        (
+            "not annotated",
+            web(),
+            both(),
+            Annotated,
+            false,
+            "not annotated",
+            "not annotated",
+        ),
+        (
+            "annotated",
+            annotated("on"),
+            both(),
+            Annotated,
+            false,
+            "on 1",
+            "no external address",
+        ),
+        (
+            "annotation off wins",
+            annotated("off"),
+            both(),
+            All,
+            false,
+            "annotation off",
+            "annotation off",
+        ),
+        (
+            "SCTP",
+            web().protocol("SCTP"),
+            both(),
+            All,
+            false,
+            "SCTP",
+            "SCTP",
+        ),
+        (
+            "no endpoints",
+            web(),
+            slice(&[]),
+            All,
+            false,
+            "no endpoints",
+            "no external address",
+        ),
+        (
+            "iTP Local without local endpoints",
+            web().internal_policy_local(),
+            slice(&[("10.244.2.5", "node-b")]),
+            All,
+            false,
+            "no local endpoints",
+            "no external address",
+        ),
+        (
+            "masqueradeAll",
+            web(),
+            both(),
+            All,
+            true,
+            "needs SNAT",
+            "no external address",
+        ),
+        (
+            "eTP Cluster",
+            lb(),
+            both(),
+            All,
+            false,
+            "on 1",
+            "needs SNAT",
+        ),
+        // Pods short-circuit to every endpoint: the node port, LB IP and external IP too.
+        (
+            "eTP Local",
+            lb().external_policy_local(),
+            both(),
+            All,
+            false,
+            "on 4",
+            "on 3",
+        ),
+        (
+            "eTP Local, source ranges",
+            lb().external_policy_local()
+                .source_ranges(&["192.0.2.0/24"]),
+            both(),
+            All,
+            false,
+            "on 3",
+            "on 2",
+        ),
+        (
+            "eTP Local, no local endpoint",
+            lb().external_policy_local(),
+            slice(&[("10.244.2.5", "node-b")]),
+            All,
+            false,
+            "on 4",
+            "no local endpoints",
+        ),
+    ];
+    for (what, svc, slice, mode, masq, pods, external) in cases {
+        let p = plan_with(vec![svc.build()], vec![slice], masq);
+        assert_eq!(
+            decide(&p, mode),
+            (pods.to_owned(), external.to_owned()),
+            "{what}"
+        );
+    }
+    let lb_only = web()
+        .load_balancer(&["198.51.100.7"])
+        .external_policy_local()
+        .source_ranges(&["192.0.2.0/24"]);
+    let p = plan_with(vec![lb_only.build()], vec![both()], false);
+    assert_eq!(decide(&p, All).1, "source ranges");
+
+    let dual = ServiceBuilder::cluster_ip("default", "web", "10.96.0.10,fd00:96::10")
+        .port("http", 80)
+        .with_spec(|s| {
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+            s.ip_family_policy = Some("RequireDualStack".into());
+        });
+    let v6 = SliceBuilder::new("default", "web")
+        .name("web-v6")
+        .ipv6()
+        .port("http", 8080)
+        .endpoint("fd00:244::5", "node-a")
+        .build();
+    let p = plan_with(vec![dual.build()], vec![both(), v6], false);
+    let ports = super::eligibility::decide(&p, All);
+    assert_eq!(ports.len(), 2);
+    assert_eq!(
+        ports[1].pods.as_ref().unwrap_err().to_string(),
+        "IPv6 not supported"
+    );
+}
+
+fn sync(
+    maps: &mut FakeMaps,
+    syncer: &mut Syncer,
+    plan: &ProxyPlan,
+    generation: u64,
+) -> reconcile::ApplyReport {
+    syncer
+        .sync(maps, &mut FakeConntrack::default(), plan, generation)
+        .unwrap()
+}
+
+#[test]
+fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::All);
+    let p = plan_with(vec![web().affinity(Some(60)).build()], vec![both()], false);
+    let report = sync(&mut maps, &mut syncer, &p, 1);
+    let text = report.writes.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "bpf sync generation 1 (4 writes)", "{text}");
+    assert!(lines[1].starts_with("  put counter "), "{text}");
+    assert!(
+        lines[2].contains("put set ")
+            && lines[2].contains("rev 1: [10.244.1.5:8080,10.244.2.5:8080]"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("put service 10.96.0.10:80/tcp [pods]")
+            && lines[3].contains("affinity 60s"),
+        "{text}"
+    );
+    assert_eq!(lines[4], "  set generation 1");
+    assert_eq!(maps.backends.len(), 2);
+    assert_eq!(maps.maglev.len(), 1);
+
+    // Nothing changed: nothing but the generation is written.
+    assert!(sync(&mut maps, &mut syncer, &p, 2).writes.is_noop());
+    // A new agent reads the maps back and agrees.
+    let mut adopted = Syncer::new(AccelerationMode::All);
+    assert!(sync(&mut maps, &mut adopted, &p, 3).writes.is_noop());
+
+    // A backend change: new revision, the service flips, the old revision stays one sync.
+    let p2 = plan_with(
+        vec![web().affinity(Some(60)).build()],
+        vec![slice(&[("10.244.1.5", "node-a")])],
+        false,
+    );
+    let text = sync(&mut maps, &mut adopted, &p2, 4).writes.to_string();
+    assert!(text.contains("rev 2: [10.244.1.5:8080]"), "{text}");
+    assert!(text.contains("purge affinity of set"), "{text}");
+    assert_eq!(maps.maglev.len(), 2, "previous revision kept");
+    let p3 = plan_with(vec![web().build()], vec![both()], false);
+    let text = sync(&mut maps, &mut adopted, &p3, 5).writes.to_string();
+    assert!(
+        text.contains("delete set") && text.contains("rev 1 (2 backends)"),
+        "{text}"
+    );
+    assert_eq!(maps.maglev.len(), 2);
+
+    // Demotion removes everything but the flows.
+    adopted.mode = AccelerationMode::Off;
+    sync(&mut maps, &mut adopted, &p3, 6);
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.maglev.is_empty());
+    assert!(maps.counters.is_empty());
+    assert_eq!(maps.meta.generation, 6);
+}
+
+#[test]
+fn a_failed_sync_converges_on_the_next_one() {
+    let p = plan_with(vec![web().build()], vec![both()], false);
+    let mut clean = FakeMaps::new();
+    sync(&mut clean, &mut Syncer::new(AccelerationMode::All), &p, 1);
+
+    for fail_after in 0..5 {
+        let mut maps = FakeMaps::new();
+        let mut syncer = Syncer::new(AccelerationMode::All);
+        maps.fail_after = Some(fail_after);
+        assert!(
+            syncer
+                .sync(&mut maps, &mut FakeConntrack::default(), &p, 1)
+                .is_err()
+        );
+        maps.fail_after = None;
+        // The retry re-reads the maps and writes what is missing; what an interrupted sync
+        // left behind goes at the next one. Revision numbers may differ from a clean run.
+        sync(&mut maps, &mut syncer, &p, 2);
+        sync(&mut maps, &mut syncer, &p, 3);
+        assert_eq!(
+            maps.services.len(),
+            clean.services.len(),
+            "after failing at write {fail_after}"
+        );
+        for v in maps.services.values() {
+            let key = proxy_common::MaglevKey {
+                id: v.id,
+                revision: v.revision,
+                set: v.set,
+                _pad: [0; 3],
+            };
+            assert!(
+                maps.maglev.contains_key(&key),
+                "after failing at write {fail_after}"
+            );
+        }
+        assert_eq!(maps.maglev.len(), 1, "after failing at write {fail_after}");
+        let backends: Vec<_> = maps.backends.values().collect();
+        let clean_backends: Vec<_> = clean.backends.values().collect();
+        assert_eq!(
+            backends, clean_backends,
+            "after failing at write {fail_after}"
+        );
+    }
+
+    // The fake's all-or-nothing apply leaves nothing behind.
+    let mut maps = FakeMaps::new();
+    let before = maps.clone();
+    let (writes, _) = super::writes::plan_writes(
+        &super::writes::ServiceMaps::default(),
+        &super::writes::desired(&super::eligibility::decide(&p, AccelerationMode::All)),
+        1,
+    );
+    maps.fail_after = Some(3);
+    assert!(maps.apply_atomic(&writes).is_err());
+    assert_eq!(maps.dump(), before.dump());
+}
+
+#[test]
+fn promotion_marks_flows_nftables_started_before_the_service_entry() {
+    let udp_slice = SliceBuilder::new("default", "web")
+        .port_with_protocol("http", 8080, "UDP")
+        .endpoint("10.244.1.5", "node-a")
+        .build();
+    let p = plan_with(vec![web().protocol("UDP").build()], vec![udp_slice], false);
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::All);
+    let tuple = |sport: u16| super::netlink::ConntrackTuple {
+        src: u32::from_ne_bytes([10, 244, 1, 20]),
+        dst: u32::from_ne_bytes([10, 96, 0, 10]),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 17,
+    };
+    let unrelated = super::netlink::ConntrackTuple {
+        dst: u32::from_ne_bytes([10, 96, 0, 99]),
+        ..tuple(1)
+    };
+    // The second read (after the entry was written) finds one more flow.
+    let mut ct = FakeConntrack {
+        snapshots: vec![vec![tuple(5000), unrelated], vec![tuple(5000), tuple(5001)]],
+    };
+    let report = syncer.sync(&mut maps, &mut ct, &p, 1).unwrap();
+    assert_eq!((report.nftables_owned_marked, report.late_marked), (1, 1));
+    let text = report.writes.to_string();
+    let mark = text.find("nftables-owned").unwrap();
+    assert!(
+        mark < text.find("put service").unwrap(),
+        "marked first: {text}"
+    );
+    assert_eq!(maps.flows.len(), 2);
+    assert!(maps.flows.values().all(|v| v.owner == owner::NFTABLES));
+    // Nothing newly promoted: conntrack is not read.
+    let report = syncer
+        .sync(&mut maps, &mut FakeConntrack::default(), &p, 2)
+        .unwrap();
+    assert_eq!(report.nftables_owned_marked, 0);
+}
+
+#[test]
+fn garbage_collection_removes_idle_flows_in_pairs() {
+    let mut maps = FakeMaps::new();
+    let sec = 1_000_000_000u64;
+    let now = 10_000 * sec;
+    let client = u32::from_ne_bytes([10, 244, 1, 20]);
+    let vip = backend_of([10, 96, 0, 10].into(), 80);
+    let mut pair = |cport: u16, proto: u8, flags: u8, idle: u64| {
+        let backend = backend_of([10, 244, 2, 5].into(), 8080);
+        let fwd = FlowKey {
+            src: client,
+            dst: vip.addr,
+            sport: cport.to_be(),
+            dport: vip.port,
+            proto,
+            dir: dir::FORWARD,
+            _pad: 0,
+        };
+        let rev = FlowKey {
+            src: backend.addr,
+            dst: client,
+            sport: backend.port,
+            dport: cport.to_be(),
+            proto,
+            dir: dir::REPLY,
+            _pad: 0,
+        };
+        let v = |nat, flags, last| FlowValue {
+            id: 7,
+            last_seen_ns: last,
+            nat,
+            owner: owner::FAST,
+            tcp_flags: flags,
+            _pad: [0; 6],
+        };
+        // The reply side was seen a little later than the forward side.
+        maps.flows
+            .insert(fwd, v(backend, flags, now - idle * sec - sec));
+        maps.flows.insert(rev, v(vip, flags, now - idle * sec));
+    };
+    pair(1, 6, tcp::SYN | tcp::ACK, 3600); // established, idle 1 h: kept (24 h)
+    pair(2, 6, tcp::SYN | tcp::ACK | tcp::FIN, 180); // closing, idle 3 min: removed (2 min)
+    pair(3, 17, 0, 60); // UDP idle 1 min: kept
+    pair(4, 17, 0, 180); // UDP idle 3 min: removed
+    pair(5, 6, tcp::SYN, 300); // never answered: removed
+    let report = reconcile::collect_garbage(&mut maps, &FlowTimeouts::default(), now).unwrap();
+    assert_eq!((report.entries, report.removed), (10, 6));
+    let ports: Vec<u16> = maps
+        .flows
+        .keys()
+        .filter(|k| k.dir == dir::FORWARD)
+        .map(|k| u16::from_be(k.sport))
+        .collect();
+    assert_eq!(ports, vec![1, 3]);
+    let short = FlowTimeouts {
+        tcp_established: Duration::from_mins(1),
+        ..FlowTimeouts::default()
+    };
+    reconcile::collect_garbage(&mut maps, &short, now).unwrap();
+    assert_eq!(maps.flows.len(), 2, "only the recent UDP flow is left");
+}
