@@ -59,6 +59,11 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
             ]),
         )?;
     }
+    // The end-to-end tests run the agent binary as a separate process.
+    step(
+        "cargo build (agent binary)",
+        Command::new("cargo").args(["build", "--package", "proxy-agent"]),
+    )?;
     step(
         "cargo test",
         Command::new("cargo")

@@ -27,9 +27,12 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{Family, transaction::BaseChain};
-use crate::plan::{
-    FamilyNodePlan, LocalTraffic, NoEndpoints, NodePlan, NodePortIps, PlanEndpoint, Policy,
-    ServicePlan, ServicePortId,
+use crate::{
+    model::Protocol,
+    plan::{
+        FamilyNodePlan, LocalTraffic, NoEndpoints, NodePlan, NodePortIps, PlanEndpoint, Policy,
+        ServicePlan, ServicePortId,
+    },
 };
 
 /// The named sets and maps of the layout.
@@ -43,10 +46,12 @@ pub enum SetName {
     NoEndpointNodeports,
     FirewallIps,
     FirewallAllow,
-    Endpoints,
-    LocalEndpoints,
-    NodeportEndpoints,
-    NodeportLocalEndpoints,
+    /// Endpoint maps are per protocol: nft derives the DNAT port mapping's protocol from the
+    /// map's declared data, so one map cannot serve TCP, UDP and SCTP.
+    Endpoints(Protocol),
+    LocalEndpoints(Protocol),
+    NodeportEndpoints(Protocol),
+    NodeportLocalEndpoints(Protocol),
     ShortCircuit,
     LocalPolicy,
     NodeportShortCircuit,
@@ -55,25 +60,33 @@ pub enum SetName {
 }
 
 impl SetName {
-    pub const ALL: [SetName; 17] = [
-        Self::ClusterIps,
-        Self::NodeportIps,
-        Self::ServiceIps,
-        Self::ServiceNodeports,
-        Self::NoEndpointServices,
-        Self::NoEndpointNodeports,
-        Self::FirewallIps,
-        Self::FirewallAllow,
-        Self::Endpoints,
-        Self::LocalEndpoints,
-        Self::NodeportEndpoints,
-        Self::NodeportLocalEndpoints,
-        Self::ShortCircuit,
-        Self::LocalPolicy,
-        Self::NodeportShortCircuit,
-        Self::NodeportLocalPolicy,
-        Self::Hairpin,
-    ];
+    /// Every set and map of a table.
+    pub fn all() -> Vec<SetName> {
+        let mut all = vec![
+            Self::ClusterIps,
+            Self::NodeportIps,
+            Self::ServiceIps,
+            Self::ServiceNodeports,
+            Self::NoEndpointServices,
+            Self::NoEndpointNodeports,
+            Self::FirewallIps,
+            Self::FirewallAllow,
+            Self::ShortCircuit,
+            Self::LocalPolicy,
+            Self::NodeportShortCircuit,
+            Self::NodeportLocalPolicy,
+            Self::Hairpin,
+        ];
+        for p in PROTOCOLS {
+            all.extend([
+                Self::Endpoints(p),
+                Self::LocalEndpoints(p),
+                Self::NodeportEndpoints(p),
+                Self::NodeportLocalEndpoints(p),
+            ]);
+        }
+        all
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,10 +98,18 @@ impl SetName {
             Self::NoEndpointNodeports => "no-endpoint-nodeports",
             Self::FirewallIps => "firewall-ips",
             Self::FirewallAllow => "firewall-allow",
-            Self::Endpoints => "endpoints",
-            Self::LocalEndpoints => "local-endpoints",
-            Self::NodeportEndpoints => "nodeport-endpoints",
-            Self::NodeportLocalEndpoints => "nodeport-local-endpoints",
+            Self::Endpoints(Protocol::Tcp) => "endpoints-tcp",
+            Self::Endpoints(Protocol::Udp) => "endpoints-udp",
+            Self::Endpoints(Protocol::Sctp) => "endpoints-sctp",
+            Self::LocalEndpoints(Protocol::Tcp) => "local-endpoints-tcp",
+            Self::LocalEndpoints(Protocol::Udp) => "local-endpoints-udp",
+            Self::LocalEndpoints(Protocol::Sctp) => "local-endpoints-sctp",
+            Self::NodeportEndpoints(Protocol::Tcp) => "nodeport-endpoints-tcp",
+            Self::NodeportEndpoints(Protocol::Udp) => "nodeport-endpoints-udp",
+            Self::NodeportEndpoints(Protocol::Sctp) => "nodeport-endpoints-sctp",
+            Self::NodeportLocalEndpoints(Protocol::Tcp) => "nodeport-local-endpoints-tcp",
+            Self::NodeportLocalEndpoints(Protocol::Udp) => "nodeport-local-endpoints-udp",
+            Self::NodeportLocalEndpoints(Protocol::Sctp) => "nodeport-local-endpoints-sctp",
             Self::ShortCircuit => "short-circuit",
             Self::LocalPolicy => "local-policy",
             Self::NodeportShortCircuit => "nodeport-short-circuit",
@@ -119,10 +140,11 @@ impl SetName {
         let addr = family.addr_type();
         let ip = family.ip();
         // The endpoint maps are declared with `typeof` because `numgen` has no type name. The
-        // data half says `tcp dport` rather than `th dport` (same type, any protocol): nft
-        // 1.0.6 cannot add rules that use a map whose typeof data holds `th dport` once the
-        // map exists in the kernel.
-        let endpoint_data = format!("{ip} daddr . tcp dport");
+        // data half names the protocol's own port field: from it nft derives the protocol of
+        // the DNAT port mapping (and adds the matching `meta l4proto` check), and nft 1.0.6
+        // cannot add rules using a map whose typeof data says `th dport` once the map exists
+        // in the kernel.
+        let endpoint_data = |p: Protocol| format!("{ip} daddr . {} dport", p.name());
         match self {
             Self::ClusterIps | Self::NodeportIps => format!("type {addr} ;"),
             Self::ServiceIps
@@ -139,16 +161,21 @@ impl SetName {
             Self::FirewallAllow => {
                 format!("type {addr} . inet_proto . inet_service . {addr} ; flags interval ;")
             }
-            Self::Endpoints | Self::LocalEndpoints => format!(
-                "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {endpoint_data} ;"
+            Self::Endpoints(p) | Self::LocalEndpoints(p) => format!(
+                "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {} ;",
+                endpoint_data(p)
             ),
-            Self::NodeportEndpoints | Self::NodeportLocalEndpoints => {
-                format!("typeof meta l4proto . th dport . numgen random mod 1 : {endpoint_data} ;")
-            }
+            Self::NodeportEndpoints(p) | Self::NodeportLocalEndpoints(p) => format!(
+                "typeof meta l4proto . th dport . numgen random mod 1 : {} ;",
+                endpoint_data(p)
+            ),
             Self::Hairpin => format!("type {addr} . {addr} ;"),
         }
     }
 }
+
+/// The protocols a Service port can carry, in the order their maps are declared.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
 /// Chains shared by every Service port with the same number of endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,32 +209,43 @@ impl SharedChain {
 
     pub fn rules(self, ctx: &FamilyContext) -> Vec<String> {
         let ip = ctx.family.ip();
-        let by_address = |n: usize, map: SetName| {
-            format!(
-                "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @{}",
-                map.name()
-            )
-        };
-        let by_port = |n: usize, map: SetName| {
-            format!(
-                "dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @{}",
-                map.name()
-            )
-        };
-        let masquerade = "jump mark-for-masquerade".to_owned();
-        match self {
-            Self::Cluster(n) => ctx
-                .internal_masquerade
+        // One DNAT rule per protocol map; each applies only to its protocol (see
+        // `SetName::spec`), so exactly one of them acts on a packet.
+        let by_address = |n: usize, map: fn(Protocol) -> SetName| -> Vec<String> {
+            PROTOCOLS
                 .iter()
-                .cloned()
-                .chain([by_address(n, SetName::Endpoints)])
-                .collect(),
-            Self::External(n) => vec![masquerade, by_address(n, SetName::Endpoints)],
-            Self::Pick(n) => vec![by_address(n, SetName::Endpoints)],
-            Self::LocalPick(n) => vec![by_address(n, SetName::LocalEndpoints)],
-            Self::Nodeport(n) => vec![masquerade, by_port(n, SetName::NodeportEndpoints)],
-            Self::NodeportPick(n) => vec![by_port(n, SetName::NodeportEndpoints)],
-            Self::NodeportLocalPick(n) => vec![by_port(n, SetName::NodeportLocalEndpoints)],
+                .map(|p| {
+                    format!(
+                        "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @{}",
+                        map(*p).name()
+                    )
+                })
+                .collect()
+        };
+        let by_port = |n: usize, map: fn(Protocol) -> SetName| -> Vec<String> {
+            PROTOCOLS
+                .iter()
+                .map(|p| {
+                    format!(
+                        "dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @{}",
+                        map(*p).name()
+                    )
+                })
+                .collect()
+        };
+        let masquerade = vec!["jump mark-for-masquerade".to_owned()];
+        match self {
+            Self::Cluster(n) => [
+                ctx.internal_masquerade.iter().cloned().collect(),
+                by_address(n, SetName::Endpoints),
+            ]
+            .concat(),
+            Self::External(n) => [masquerade, by_address(n, SetName::Endpoints)].concat(),
+            Self::Pick(n) => by_address(n, SetName::Endpoints),
+            Self::LocalPick(n) => by_address(n, SetName::LocalEndpoints),
+            Self::Nodeport(n) => [masquerade, by_port(n, SetName::NodeportEndpoints)].concat(),
+            Self::NodeportPick(n) => by_port(n, SetName::NodeportEndpoints),
+            Self::NodeportLocalPick(n) => by_port(n, SetName::NodeportLocalEndpoints),
         }
     }
 }
@@ -419,7 +457,7 @@ pub fn contribution(svc: &ServicePlan, ctx: &FamilyContext) -> Contribution {
             out.shared_chains.push(SharedChain::Cluster(n));
             for (i, ep) in internal.iter().enumerate() {
                 push(
-                    SetName::Endpoints,
+                    SetName::Endpoints(port.protocol),
                     format!("{cip_key} . {i}"),
                     Some(endpoint_value(ep)),
                 );
@@ -445,7 +483,7 @@ pub fn contribution(svc: &ServicePlan, ctx: &FamilyContext) -> Contribution {
                 } else {
                     for (i, ep) in cluster.iter().enumerate() {
                         push(
-                            SetName::Endpoints,
+                            SetName::Endpoints(port.protocol),
                             format!("{k} . {i}"),
                             Some(endpoint_value(ep)),
                         );
@@ -466,7 +504,7 @@ pub fn contribution(svc: &ServicePlan, ctx: &FamilyContext) -> Contribution {
                             out.shared_chains.push(SharedChain::LocalPick(local.len()));
                             for (i, ep) in local.iter().enumerate() {
                                 push(
-                                    SetName::LocalEndpoints,
+                                    SetName::LocalEndpoints(port.protocol),
                                     format!("{k} . {i}"),
                                     Some(endpoint_value(ep)),
                                 );
@@ -532,7 +570,7 @@ pub fn contribution(svc: &ServicePlan, ctx: &FamilyContext) -> Contribution {
                 } else {
                     for (i, ep) in cluster.iter().enumerate() {
                         push(
-                            SetName::NodeportEndpoints,
+                            SetName::NodeportEndpoints(port.protocol),
                             format!("{k} . {i}"),
                             Some(endpoint_value(ep)),
                         );
@@ -555,7 +593,7 @@ pub fn contribution(svc: &ServicePlan, ctx: &FamilyContext) -> Contribution {
                                 .push(SharedChain::NodeportLocalPick(local.len()));
                             for (i, ep) in local.iter().enumerate() {
                                 push(
-                                    SetName::NodeportLocalEndpoints,
+                                    SetName::NodeportLocalEndpoints(port.protocol),
                                     format!("{k} . {i}"),
                                     Some(endpoint_value(ep)),
                                 );
@@ -831,7 +869,7 @@ pub fn static_part(ctx: &FamilyContext, node: &FamilyNodePlan) -> StaticPart {
     }
 
     let mut elements = Vec::new();
-    let sets: Vec<SetName> = SetName::ALL
+    let sets: Vec<SetName> = SetName::all()
         .into_iter()
         .filter(|s| {
             *s != SetName::NodeportIps || matches!(node.node_port_ips, NodePortIps::Addresses(_))

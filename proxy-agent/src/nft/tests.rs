@@ -227,7 +227,7 @@ fn one_endpoint_change_writes_a_handful_of_elements() {
         (1, 1),
         "{report:?}"
     );
-    let endpoints = syncer.backend().elements(Family::Ip, "endpoints");
+    let endpoints = syncer.backend().elements(Family::Ip, "endpoints-tcp");
     assert_eq!(
         endpoints.get("10.96.0.10 . tcp . 80 . 1"),
         Some(&Some("10.244.2.6 . 8080".to_owned()))
