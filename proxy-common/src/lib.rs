@@ -15,7 +15,7 @@
 )]
 
 /// Version of the map layout. Stored in [`Meta::layout_version`] of the pinned `META` map.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Slots in every Maglev table (a prime, as Maglev needs). Each backend owns about
 /// `MAGLEV_SIZE / n` slots; 4093 keeps the imbalance under a few percent up to ~100 backends
@@ -38,8 +38,8 @@ pub mod capacity {
     pub const CONNECTIONS: u32 = 524_288;
     /// ClientIP affinity entries.
     pub const AFFINITY: u32 = 65_536;
-    /// Per-service counters.
-    pub const SERVICE_STATS: u32 = 65_536;
+    /// Per-service counter slots (slot 0 is "none").
+    pub const SERVICE_STATS: u32 = 16_384;
 }
 
 /// Which programs consult a service entry.
@@ -106,7 +106,7 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
-    /// The plan's `ServicePortId`: keys the counters and the backend set.
+    /// The plan's `ServicePortId`: keys the backend set.
     pub id: u64,
     /// Revision of the backend set to use (see [`MaglevKey`]).
     pub revision: u32,
@@ -118,7 +118,8 @@ pub struct ServiceValue {
     pub set: u8,
     /// [`service_flags`] bits.
     pub flags: u8,
-    pub _pad: u32,
+    /// Slot of the service's counters in `HP_SVC_STATS` (0: none).
+    pub counter: u32,
 }
 
 /// Key of `MAGLEV`: one revision of one backend set.
@@ -201,7 +202,9 @@ pub struct FlowValue {
     pub owner: u8,
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// The service's counter slot (0 for nftables-owned entries).
+    pub counter: u32,
 }
 
 /// How stale [`FlowValue::last_seen_ns`] may be before a packet refreshes it: writing it on
@@ -241,7 +244,7 @@ pub struct Meta {
     pub object_hash: u64,
 }
 
-/// Packet and byte counters: per-CPU values of `STATS` and `SERVICE_STATS`.
+/// Packet and byte counters: per-CPU values of `STATS` and `HP_SVC_STATS`.
 ///
 /// Every CPU increments its own copy without atomics (the BPF target has no atomic
 /// compare-and-swap), and the agent sums the copies.
@@ -381,7 +384,7 @@ mod tests {
     /// changes the layout, which needs a [`LAYOUT_VERSION`] bump.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(LAYOUT_VERSION, 1, "bump together with the sizes below");
+        assert_eq!(LAYOUT_VERSION, 2, "bump together with the sizes below");
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (8, 4));
         assert_eq!(

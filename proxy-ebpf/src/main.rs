@@ -38,7 +38,7 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use proxy_common::{
@@ -86,11 +86,12 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(capacity::
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);
 
-/// Per-service per-CPU counters, keyed by `ServicePortId`. The agent creates an entry when a
-/// service is promoted; the programs only increment existing ones.
+/// Per-service per-CPU counters, in slots the agent assigns to promoted services (in the
+/// service entry, copied into each flow). An array, not a hash keyed by service: its lookup
+/// is inlined by the verifier, which saves a third of an established packet's cost.
 #[map(name = "HP_SVC_STATS")]
-static SERVICE_STATS: PerCpuHashMap<u64, Counter> =
-    PerCpuHashMap::with_max_entries(capacity::SERVICE_STATS, BPF_F_NO_PREALLOC);
+static SERVICE_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(capacity::SERVICE_STATS, 0);
 
 // ---------------------------------------------------------------------------------------------
 // Packet layout.
@@ -222,8 +223,11 @@ fn count(slot: StatIndex, bytes: usize) {
 }
 
 #[inline(always)]
-fn count_service(id: u64, bytes: usize) {
-    if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
+fn count_service(slot: u32, bytes: usize) {
+    if slot == 0 {
+        return;
+    }
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(slot) {
         // SAFETY: this CPU's own copy of a per-CPU hash map value.
         unsafe {
             (*c).packets += 1;
@@ -355,13 +359,13 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         touch(v, pkt.tcp_flags, now());
         // SAFETY: a live map value.
-        let (owner, nat, id) = unsafe { ((*v).owner, (*v).nat, (*v).id) };
+        let (owner, nat, slot) = unsafe { ((*v).owner, (*v).nat, (*v).counter) };
         if owner != owner::FAST {
             count(StatIndex::NftablesOwned, bytes);
             return None;
         }
         count(StatIndex::FlowHit, bytes);
-        count_service(id, bytes);
+        count_service(slot, bytes);
         return Some(nat);
     }
     let svc = SERVICES.get_ptr(ServiceKey {
@@ -408,7 +412,8 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         nat: service,
         owner: owner::FAST,
         tcp_flags: 0,
-        _pad: [0; 6],
+        _pad: 0,
+        counter: svc.counter,
     };
     if let Err(e) = FLOWS.insert(rkey, reply, u64::from(BPF_NOEXIST)) {
         if e != -EEXIST {
@@ -431,7 +436,8 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         nat: backend,
         owner: owner::FAST,
         tcp_flags: pkt.tcp_flags,
-        _pad: [0; 6],
+        _pad: 0,
+        counter: svc.counter,
     };
     if let Err(e) = FLOWS.insert(key, value, u64::from(BPF_NOEXIST)) {
         if e == -EEXIST {
@@ -446,7 +452,7 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         return None;
     }
     count(StatIndex::NewFlow, bytes);
-    count_service(svc.id, bytes);
+    count_service(svc.counter, bytes);
     Some(backend)
 }
 
@@ -465,12 +471,12 @@ fn reply(pkt: &Packet, bytes: usize) -> Option<Backend> {
     let v = FLOWS.get_ptr_mut(key)?;
     touch(v, pkt.tcp_flags, now());
     // SAFETY: a live map value.
-    let (owner, nat, id) = unsafe { ((*v).owner, (*v).nat, (*v).id) };
+    let (owner, nat, slot) = unsafe { ((*v).owner, (*v).nat, (*v).counter) };
     if owner != owner::FAST {
         return None;
     }
     count(StatIndex::ReplyTranslated, bytes);
-    count_service(id, bytes);
+    count_service(slot, bytes);
     Some(nat)
 }
 

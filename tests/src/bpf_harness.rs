@@ -161,7 +161,7 @@ impl TestDatapath {
     /// # Panics
     /// When the maps cannot be read.
     pub fn counters(&self) -> Counters {
-        Counters::read(&self.dp.maps).expect("reading counters")
+        Counters::read(&self.dp.maps, self.syncer.counter_slots()).expect("reading counters")
     }
 
     pub fn stat(&self, index: StatIndex) -> u64 {

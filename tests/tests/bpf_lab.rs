@@ -441,3 +441,62 @@ fn pinned_maps_of_another_layout_are_rebuilt_not_adopted() {
         "the rebuilt maps are adopted next time"
     );
 }
+
+#[test]
+fn a_udp_flow_nftables_started_stays_with_nftables_when_the_service_is_promoted() {
+    if !root("bpf_lab_udp_promotion") {
+        return;
+    }
+    let mut lab = FastPathLab::new("fpu");
+    lab.add_pod("c1", Node::A);
+    let b1 = lab.add_pod("b1", Node::A);
+    let b2 = lab.add_pod("b2", Node::B);
+    let b3 = lab.add_pod("b3", Node::A);
+    for b in ["b1", "b2", "b3"] {
+        lab.serve(b);
+    }
+    // Stand-in for the nftables path: DNAT the service address to b3, a pod that is not one of
+    // the service's endpoints, so a flow the fast path took over would answer from b1 or b2.
+    lab.node.exec_ok("nft", &["add table ip hpt"]);
+    lab.node.exec_ok(
+        "nft",
+        &["add chain ip hpt pre { type nat hook prerouting priority dstnat; }"],
+    );
+    let rule = format!("add rule ip hpt pre ip daddr 10.96.0.11 udp dport 53 dnat to {b3}:8080");
+    lab.node.exec_ok("nft", &[&rule]);
+    let p = plan(
+        vec![service("dns", DNS, "UDP").build()],
+        vec![slice("dns", "UDP", &[(b1, "node-a"), (b2, "node-b")])],
+    );
+    let pin = Pin::new("udp-promotion");
+    let mut fp = open(&lab, &config(&pin, AccelerationMode::Off));
+    apply(&lab, &mut fp, &p, 1);
+
+    let c1 = &lab.pod("c1").ns;
+    let old = UdpFlow::open(c1, 47000, sa(DNS));
+    assert_eq!(
+        old.request().unwrap(),
+        "b3",
+        "nftables serves it before the promotion"
+    );
+
+    fp.set_mode(AccelerationMode::All);
+    let report = lab.node.run(|| fp.apply(&p, 2)).unwrap();
+    println!("{report}");
+    assert_eq!(report.conntrack_error, None);
+    assert!(report.nftables_owned_marked >= 1, "{report}");
+    for _ in 0..5 {
+        assert_eq!(
+            old.request().unwrap(),
+            "b3",
+            "the old flow stays with nftables"
+        );
+    }
+    let new = UdpFlow::open(c1, 47001, sa(DNS)).request().unwrap();
+    assert!(
+        new == "b1" || new == "b2",
+        "a new flow takes the fast path: {new}"
+    );
+    let status = fp.status().unwrap();
+    assert!(status.counters.stat(StatIndex::NftablesOwned).packets >= 5);
+}

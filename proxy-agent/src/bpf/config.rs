@@ -7,7 +7,9 @@ use std::{fmt, path::PathBuf, time::Duration};
 /// Which services go on the fast path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AccelerationMode {
-    /// None: every packet goes through nftables (the programs are not even loaded).
+    /// No service is accelerated; every new flow goes through nftables. An agent that finds
+    /// a pinned fast path still opens it, so that the flows on it finish there; with nothing
+    /// pinned it need not open one.
     #[default]
     Off,
     /// Services annotated `hybrid-proxy.io/acceleration: "on"`.

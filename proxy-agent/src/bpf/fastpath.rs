@@ -293,11 +293,13 @@ impl FastPath {
     /// connection table is not an LRU: nothing else removes ended flows; a full table sends
     /// new flows to nftables).
     pub fn collect_garbage(&mut self) -> Result<GcReport, BpfError> {
-        reconcile::collect_garbage(
+        let report = reconcile::collect_garbage(
             &mut self.datapath.maps,
             &self.config.flow_timeouts,
             store::monotonic_ns(),
-        )
+        )?;
+        self.syncer.release_counters(&report);
+        Ok(report)
     }
 
     /// Counters, decisions, attachments and table occupancy.
@@ -311,7 +313,7 @@ impl FastPath {
             attachments: self.attachments.clone(),
             interface_errors: self.interface_errors.clone(),
             ports: self.syncer.ports().to_vec(),
-            counters: Counters::read(maps)?,
+            counters: Counters::read(maps, self.syncer.counter_slots())?,
             flows: maps.flows()?.len(),
             flow_capacity: maps.flow_capacity(),
         })

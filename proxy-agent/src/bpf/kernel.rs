@@ -2,7 +2,6 @@
 //! [`MapStore`], attaching to interfaces (pinned links), and removing it all.
 
 use std::{
-    collections::BTreeMap,
     ffi::CString,
     fs, io,
     os::unix::ffi::OsStrExt as _,
@@ -11,10 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
-        PerCpuValues,
-    },
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -44,7 +40,7 @@ pub struct KernelMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    service_stats: PerCpuHashMap<MapData, u64, Counter>,
+    service_stats: PerCpuArray<MapData, Counter>,
     nr_cpus: usize,
     flow_capacity: u32,
 }
@@ -158,24 +154,17 @@ impl MapStore for KernelMaps {
             self.maglev.keys().collect::<Result<Vec<_>, _>>()
         )
     }
-    fn put_counter(&mut self, id: u64) -> Result<(), StoreError> {
+    fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
         let zeros = PerCpuValues::try_from(vec![Counter::default(); self.nr_cpus])
             .map_err(|e| StoreError::new("counters", "put", MapError::IoError(e)))?;
-        op!("counters", "put", self.service_stats.insert(id, zeros, 0))
+        op!("counters", "put", self.service_stats.set(slot, zeros, 0))
     }
-    fn delete_counter(&mut self, id: u64) -> Result<(), StoreError> {
-        match self.service_stats.remove(&id) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("counters", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn counters(&self) -> Result<BTreeMap<u64, Counter>, StoreError> {
-        let mut out = BTreeMap::new();
-        for item in &self.service_stats {
-            let (k, v) = op!("counters", "dump", item)?;
-            out.insert(k, sum(&v));
-        }
-        Ok(out)
+    fn counter(&self, slot: u32) -> Result<Counter, StoreError> {
+        Ok(sum(&op!(
+            "counters",
+            "read",
+            self.service_stats.get(&slot, 0)
+        )?))
     }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
         let mut out = Vec::new();
@@ -298,34 +287,45 @@ pub fn pinned_layout(pin: &Path) -> Option<Meta> {
     array.get(&0, 0).ok()
 }
 
-/// Makes sure `pin` is a directory on a bpffs, mounting one there when it is not.
+/// Makes sure `pin` is a directory on a bpffs, mounting one when there is none: at
+/// `/sys/fs/bpf` when the pin path is below it (the usual place, not mounted in some
+/// containers), else at the pin path itself.
 pub fn prepare_pin_dir(pin: &Path) -> Result<(), BpfError> {
     let io = |what: &'static str| move |source: io::Error| BpfError::Io { what, source };
+    let standard = Path::new("/sys/fs/bpf");
     if !on_bpffs(pin) {
+        if pin.starts_with(standard) && !on_bpffs(standard) {
+            mount_bpffs(standard)?;
+        }
         let parent_bpf = pin.parent().is_some_and(on_bpffs);
         fs::create_dir_all(pin).map_err(io("creating the pin directory"))?;
         if !parent_bpf && !on_bpffs(pin) {
-            let target = CString::new(pin.as_os_str().as_bytes()).expect("no NUL in a path");
-            // SAFETY: valid C strings; mounting a fresh bpffs instance.
-            let rc = unsafe {
-                libc::mount(
-                    c"bpf".as_ptr(),
-                    target.as_ptr(),
-                    c"bpf".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                return Err(BpfError::Io {
-                    what: "mounting bpffs at the pin path",
-                    source: io::Error::last_os_error(),
-                });
-            }
+            mount_bpffs(pin)?;
         }
     }
     for sub in ["maps", "links"] {
         fs::create_dir_all(pin.join(sub)).map_err(io("creating the pin directory"))?;
+    }
+    Ok(())
+}
+
+fn mount_bpffs(at: &Path) -> Result<(), BpfError> {
+    let target = CString::new(at.as_os_str().as_bytes()).expect("no NUL in a path");
+    // SAFETY: valid C strings; mounting a fresh bpffs instance.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(BpfError::Io {
+            what: "mounting bpffs for the pin path",
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

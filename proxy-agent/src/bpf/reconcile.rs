@@ -160,6 +160,16 @@ impl Syncer {
         &self.last_ports
     }
 
+    /// Counter slot of each accelerated service port.
+    pub fn counter_slots(&self) -> &BTreeMap<u64, u32> {
+        &self.mirror.counters
+    }
+
+    /// After a garbage collection: retired counter slots no flow uses are free again.
+    pub fn release_counters(&mut self, gc: &GcReport) {
+        self.mirror.release_counters(&gc.counters_in_use);
+    }
+
     /// Programs the service maps for `plan`.
     ///
     /// Promotion never moves a flow nftables started: before any newly promoted address gets
@@ -258,10 +268,12 @@ impl Syncer {
 }
 
 /// What a garbage collection did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub entries: usize,
     pub removed: usize,
+    /// Counter slots the remaining flows count into.
+    pub counters_in_use: BTreeSet<u32>,
 }
 
 /// The two entries of one fast-path flow share client address and port, backend address and
@@ -330,11 +342,13 @@ pub fn collect_garbage(
         g.3.push(*k);
     }
     let mut removed = 0;
+    let mut expired = BTreeSet::new();
     for (last, flags, proto, keys) in groups.into_values() {
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
         if idle > timeout(proto, flags, timeouts) {
             for k in keys {
                 store.delete_flow(k)?;
+                expired.insert(k);
                 removed += 1;
             }
         }
@@ -342,6 +356,12 @@ pub fn collect_garbage(
     Ok(GcReport {
         entries: flows.len(),
         removed,
+        counters_in_use: flows
+            .iter()
+            .filter(|(k, _)| !expired.contains(k))
+            .map(|(_, v)| v.counter)
+            .filter(|slot| *slot != 0)
+            .collect(),
     })
 }
 
@@ -353,19 +373,22 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn read(store: &dyn MapStore) -> Result<Self, BpfError> {
+    /// Reads the programs' counters and those of the service ports in `slots`.
+    pub fn read(store: &dyn MapStore, slots: &BTreeMap<u64, u32>) -> Result<Self, BpfError> {
         let stats = store.stats()?;
+        let mut services = BTreeMap::new();
+        for (id, slot) in slots {
+            if *slot != 0 {
+                services.insert(ServicePortId(*id), store.counter(*slot)?);
+            }
+        }
         Ok(Self {
             stats: StatIndex::ALL
                 .iter()
                 .zip(stats)
                 .map(|(i, c)| (*i, c))
                 .collect(),
-            services: store
-                .counters()?
-                .into_iter()
-                .map(|(k, v)| (ServicePortId(k), v))
-                .collect(),
+            services,
         })
     }
 

@@ -42,10 +42,10 @@ pub trait MapStore {
     fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError>;
     fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError>;
     fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError>;
-    fn put_counter(&mut self, id: u64) -> Result<(), StoreError>;
-    fn delete_counter(&mut self, id: u64) -> Result<(), StoreError>;
-    /// Per-service counters summed over CPUs.
-    fn counters(&self) -> Result<BTreeMap<u64, Counter>, StoreError>;
+    /// Zeroes a per-service counter slot.
+    fn put_counter(&mut self, slot: u32) -> Result<(), StoreError>;
+    /// A per-service counter slot summed over CPUs.
+    fn counter(&self, slot: u32) -> Result<Counter, StoreError>;
     /// The programs' counters summed over CPUs, indexed by [`StatIndex`].
     fn stats(&self) -> Result<Vec<Counter>, StoreError>;
     /// Inserts a flow; with `only_new`, an existing entry is kept (and `Ok(false)` returned).
@@ -125,8 +125,8 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
                     store.delete_backend(backend_key(*set, *revision, index))?;
                 }
             }
-            MapWrite::PutCounter { id } => store.put_counter(*id)?,
-            MapWrite::DeleteCounter { id } => store.delete_counter(*id)?,
+            MapWrite::PutCounter { slot, .. } => store.put_counter(*slot)?,
+            MapWrite::RetireCounter { .. } => {}
             MapWrite::PurgeBackends {
                 set,
                 backends,
@@ -212,6 +212,8 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
             ))
             .or_default();
     }
+    let in_use: BTreeSet<u32> = services.values().map(|v| v.counter).collect();
+    let counters: BTreeMap<u64, u32> = services.values().map(|v| (v.id, v.counter)).collect();
     let referenced: BTreeMap<SetId, u32> = services
         .values()
         .map(|v| {
@@ -261,7 +263,13 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
         services,
         sets,
         stale,
-        counters: store.counters()?.into_keys().collect(),
+        counters,
+        retired: store
+            .flows()?
+            .iter()
+            .map(|(_, v)| v.counter)
+            .filter(|slot| *slot != 0 && !in_use.contains(slot))
+            .collect(),
         generation: store.meta()?.generation,
     })
 }
@@ -273,7 +281,7 @@ pub struct FakeMaps {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<BackendKey, Backend>,
     pub maglev: BTreeMap<MaglevKey, Vec<u16>>,
-    pub counters: BTreeMap<u64, Counter>,
+    pub counters: BTreeMap<u32, Counter>,
     pub stats: Vec<Counter>,
     pub flows: BTreeMap<FlowKey, FlowValue>,
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
@@ -335,7 +343,7 @@ impl FakeMaps {
         }
         let _ = writeln!(
             out,
-            "counters {:?}",
+            "counter slots {:?}",
             self.counters.keys().collect::<BTreeSet<_>>()
         );
         let _ = writeln!(out, "generation {}", self.meta.generation);
@@ -383,18 +391,13 @@ impl MapStore for FakeMaps {
     fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError> {
         Ok(self.maglev.keys().copied().collect())
     }
-    fn put_counter(&mut self, id: u64) -> Result<(), StoreError> {
+    fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
         self.step("counters", "put")?;
-        self.counters.insert(id, Counter::default());
+        self.counters.insert(slot, Counter::default());
         Ok(())
     }
-    fn delete_counter(&mut self, id: u64) -> Result<(), StoreError> {
-        self.step("counters", "delete")?;
-        self.counters.remove(&id);
-        Ok(())
-    }
-    fn counters(&self) -> Result<BTreeMap<u64, Counter>, StoreError> {
-        Ok(self.counters.clone())
+    fn counter(&self, slot: u32) -> Result<Counter, StoreError> {
+        Ok(self.counters.get(&slot).copied().unwrap_or_default())
     }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
         Ok(self.stats.clone())

@@ -319,7 +319,10 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
     adopted.mode = AccelerationMode::Off;
     sync(&mut maps, &mut adopted, &p3, 6);
     assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.maglev.is_empty());
-    assert!(maps.counters.is_empty());
+    assert!(
+        maps.dump().contains("counter slots {1}"),
+        "slot zeroed at promotion stays"
+    );
     assert_eq!(maps.meta.generation, 6);
 }
 
@@ -456,7 +459,8 @@ fn garbage_collection_removes_idle_flows_in_pairs() {
             nat,
             owner: owner::FAST,
             tcp_flags: flags,
-            _pad: [0; 6],
+            _pad: 0,
+            counter: u32::from(cport),
         };
         // The reply side was seen a little later than the forward side.
         maps.flows
@@ -470,6 +474,7 @@ fn garbage_collection_removes_idle_flows_in_pairs() {
     pair(5, 6, tcp::SYN, 300); // never answered: removed
     let report = reconcile::collect_garbage(&mut maps, &FlowTimeouts::default(), now).unwrap();
     assert_eq!((report.entries, report.removed), (10, 6));
+    assert_eq!(report.counters_in_use, [1, 3].into_iter().collect());
     let ports: Vec<u16> = maps
         .flows
         .keys()

@@ -65,8 +65,20 @@ pub struct ServiceMaps {
     pub sets: BTreeMap<SetId, SetRevisions>,
     /// Revisions no service entry uses, left by an interrupted sync: deleted by the next one.
     pub stale: Vec<(SetId, Revision)>,
-    pub counters: BTreeSet<u64>,
+    /// Counter slot of each accelerated service port (`ServicePortId` -> slot).
+    pub counters: BTreeMap<u64, u32>,
+    /// Slots of demoted services: flows that finish on the fast path may still count into
+    /// them, so they are reused only once no flow refers to them (see
+    /// [`ServiceMaps::release_counters`]).
+    pub retired: BTreeSet<u32>,
     pub generation: u64,
+}
+
+impl ServiceMaps {
+    /// Makes retired slots no flow refers to any more available again.
+    pub fn release_counters(&mut self, referenced: &BTreeSet<u32>) {
+        self.retired.retain(|s| referenced.contains(s));
+    }
 }
 
 /// A service entry the plan wants.
@@ -175,12 +187,15 @@ pub enum MapWrite {
         revision: u32,
         backends: u16,
     },
-    /// Creates a service's per-CPU counters (zero).
+    /// Gives a service port a counter slot (zeroed).
     PutCounter {
         id: u64,
+        slot: u32,
     },
-    DeleteCounter {
+    /// Takes a demoted service port's slot back (no map write: flows may still count there).
+    RetireCounter {
         id: u64,
+        slot: u32,
     },
     /// Forgets what pointed at backends that left a set: affinity entries, and for UDP the
     /// flows (as kube-proxy clears stale UDP conntrack entries, so that the client's next
@@ -265,8 +280,10 @@ impl fmt::Display for MapWrite {
                 revision,
                 backends,
             } => write!(f, "delete set {set} rev {revision} ({backends} backends)"),
-            Self::PutCounter { id } => write!(f, "put counter {id:016x}"),
-            Self::DeleteCounter { id } => write!(f, "delete counter {id:016x}"),
+            Self::PutCounter { id, slot } => write!(f, "put counter {id:016x} at slot {slot}"),
+            Self::RetireCounter { id, slot } => {
+                write!(f, "retire counter {id:016x} at slot {slot}")
+            }
             Self::PurgeBackends {
                 set,
                 backends,
@@ -428,6 +445,32 @@ pub fn plan_writes(
         }
     }
 
+    let ids: BTreeSet<u64> = desired.services.values().map(|s| s.set.id).collect();
+    let mut counters = Vec::new();
+    let stale_ids: Vec<u64> = next
+        .counters
+        .keys()
+        .filter(|id| !ids.contains(id))
+        .copied()
+        .collect();
+    for id in stale_ids {
+        let slot = next.counters.remove(&id).expect("listed above");
+        next.retired.insert(slot);
+        cleanup_out.push(MapWrite::RetireCounter { id, slot });
+    }
+    let mut taken: BTreeSet<u32> = next.counters.values().copied().collect();
+    taken.extend(next.retired.iter().copied());
+    let mut free = (1..proxy_common::capacity::SERVICE_STATS).filter(|s| !taken.contains(s));
+    for id in &ids {
+        if !next.counters.contains_key(id) {
+            // Out of slots: the service is served but not counted (slot 0).
+            let slot = free.next().unwrap_or(0);
+            if slot != 0 {
+                counters.push(MapWrite::PutCounter { id: *id, slot });
+            }
+            next.counters.insert(*id, slot);
+        }
+    }
     for (key, want) in &desired.services {
         let revs = &next.sets[&want.set];
         let value = ServiceValue {
@@ -441,7 +484,7 @@ pub fn plan_writes(
             } else {
                 0
             },
-            _pad: 0,
+            counter: next.counters.get(&want.set.id).copied().unwrap_or(0),
         };
         if next.services.get(key) != Some(&value) {
             services_out.push(MapWrite::PutService { key: *key, value });
@@ -483,15 +526,6 @@ pub fn plan_writes(
         });
     }
 
-    let ids: BTreeSet<u64> = desired.services.values().map(|s| s.set.id).collect();
-    let mut counters = Vec::new();
-    for id in ids.difference(&mirror.counters) {
-        counters.push(MapWrite::PutCounter { id: *id });
-    }
-    for id in mirror.counters.difference(&ids) {
-        cleanup_out.push(MapWrite::DeleteCounter { id: *id });
-    }
-    next.counters = ids;
     next.generation = generation;
 
     let mut writes = Vec::new();
