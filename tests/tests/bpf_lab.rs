@@ -443,7 +443,7 @@ fn pinned_maps_of_another_layout_are_rebuilt_not_adopted() {
 }
 
 #[test]
-fn a_udp_flow_nftables_started_stays_with_nftables_when_the_service_is_promoted() {
+fn flows_nftables_started_stay_with_nftables_when_the_service_is_promoted() {
     if !root("bpf_lab_udp_promotion") {
         return;
     }
@@ -462,11 +462,21 @@ fn a_udp_flow_nftables_started_stays_with_nftables_when_the_service_is_promoted(
         "nft",
         &["add chain ip hpt pre { type nat hook prerouting priority dstnat; }"],
     );
-    let rule = format!("add rule ip hpt pre ip daddr 10.96.0.11 udp dport 53 dnat to {b3}:8080");
-    lab.node.exec_ok("nft", &[&rule]);
+    for rule in [
+        format!("add rule ip hpt pre ip daddr 10.96.0.11 udp dport 53 dnat to {b3}:8080"),
+        format!("add rule ip hpt pre ip daddr 10.96.0.10 tcp dport 80 dnat to {b3}:8080"),
+    ] {
+        lab.node.exec_ok("nft", &[&rule]);
+    }
     let p = plan(
-        vec![service("dns", DNS, "UDP").build()],
-        vec![slice("dns", "UDP", &[(b1, "node-a"), (b2, "node-b")])],
+        vec![
+            service("dns", DNS, "UDP").build(),
+            service("web", WEB, "TCP").build(),
+        ],
+        vec![
+            slice("dns", "UDP", &[(b1, "node-a"), (b2, "node-b")]),
+            slice("web", "TCP", &[(b1, "node-a"), (b2, "node-b")]),
+        ],
     );
     let pin = Pin::new("udp-promotion");
     let mut fp = open(&lab, &config(&pin, AccelerationMode::Off));
@@ -474,28 +484,40 @@ fn a_udp_flow_nftables_started_stays_with_nftables_when_the_service_is_promoted(
 
     let c1 = &lab.pod("c1").ns;
     let old = UdpFlow::open(c1, 47000, sa(DNS));
+    assert_eq!(old.request().unwrap(), "b3", "nftables serves it before");
+    let mut old_tcp = Connection::open(c1, Some(47100), sa(WEB)).unwrap();
     assert_eq!(
-        old.request().unwrap(),
+        old_tcp.request().unwrap(),
         "b3",
-        "nftables serves it before the promotion"
+        "nftables serves it before"
     );
 
     fp.set_mode(AccelerationMode::All);
     let report = lab.node.run(|| fp.apply(&p, 2)).unwrap();
     println!("{report}");
     assert_eq!(report.conntrack_error, None);
-    assert!(report.nftables_owned_marked >= 1, "{report}");
+    assert!(report.nftables_owned_marked >= 2, "{report}");
     for _ in 0..5 {
         assert_eq!(
             old.request().unwrap(),
             "b3",
             "the old flow stays with nftables"
         );
+        assert_eq!(
+            old_tcp.request().unwrap(),
+            "b3",
+            "so does the old connection"
+        );
     }
     let new = UdpFlow::open(c1, 47001, sa(DNS)).request().unwrap();
     assert!(
         new == "b1" || new == "b2",
         "a new flow takes the fast path: {new}"
+    );
+    let new = tcp_once(c1, Some(47101), sa(WEB)).unwrap();
+    assert!(
+        new == "b1" || new == "b2",
+        "a new connection takes the fast path: {new}"
     );
     let status = fp.status().unwrap();
     assert!(status.counters.stat(StatIndex::NftablesOwned).packets >= 5);

@@ -340,6 +340,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Whether a fast path is pinned under `pin_path` (an agent in mode `off` still opens it, so
+/// that the flows on it finish; with nothing pinned it need not).
+pub fn is_pinned(pin_path: &Path) -> bool {
+    kernel::pinned_layout(pin_path).is_some()
+}
+
 /// Removes everything the fast path pinned under `pin_path` and every attachment it made in
 /// this network namespace. Fast-path flows then restart through nftables.
 pub fn cleanup(pin_path: &Path) -> Result<(), BpfError> {

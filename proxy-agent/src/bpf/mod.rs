@@ -77,7 +77,9 @@ pub mod writes;
 
 pub use config::{AccelerationMode, FastPathConfig, FlowTimeouts, PodInterfaces, XdpAttachMode};
 pub use eligibility::{PortEligibility, Reason};
-pub use fastpath::{FastPath, FastPathStatus, InterfaceChanges, InterfaceWatcher, cleanup};
+pub use fastpath::{
+    FastPath, FastPathStatus, InterfaceChanges, InterfaceWatcher, cleanup, is_pinned,
+};
 pub use object::{BpfError, embedded_object};
 pub use reconcile::{ApplyReport, GcReport};
 
