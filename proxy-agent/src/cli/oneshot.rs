@@ -1,12 +1,16 @@
 //! `apply`, `render` and `cleanup`: one sync (or none) and exit.
 
-use std::{process::ExitCode, time::Instant};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
 use super::{CommonOptions, ManifestOptions};
 use crate::{
     config::Config,
+    conntrack::{self, NetlinkConntrack},
     host,
     model::ClusterState,
     nft::{NftCli, NftSyncer},
@@ -14,11 +18,21 @@ use crate::{
     source::files,
 };
 
+/// Time spent in each phase of a one-shot command.
+struct Phases {
+    read: Duration,
+    plan: Duration,
+}
+
 /// Reads the manifests and plans them, reporting every skipped object on stderr.
-fn plan_manifests(opts: &ManifestOptions) -> anyhow::Result<(Config, ClusterState, ProxyPlan)> {
+fn plan_manifests(
+    opts: &ManifestOptions,
+) -> anyhow::Result<(Config, ClusterState, ProxyPlan, Phases)> {
     let config = opts.common.config()?;
     let node = config.resolved_node_name();
+    let started = Instant::now();
     let (state, problems) = files::load_dir(&opts.manifests, &node)?;
+    let read = started.elapsed();
     for line in problems.lines() {
         eprintln!("skipped: {line}");
     }
@@ -30,32 +44,53 @@ fn plan_manifests(opts: &ManifestOptions) -> anyhow::Result<(Config, ClusterStat
         );
     }
     let addresses = host::local_addresses().context("reading this host's addresses")?;
+    let started = Instant::now();
     let plan = plan::compute(&state, &config.plan_settings(addresses));
+    let phases = Phases {
+        read,
+        plan: started.elapsed(),
+    };
     for e in &plan.errors {
         eprintln!("skipped: {e}");
     }
-    Ok((config, state, plan))
+    Ok((config, state, plan, phases))
 }
 
 pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (config, state, plan) = plan_manifests(opts)?;
+    let (config, state, plan, phases) = plan_manifests(opts)?;
     let mut syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
+    let nft_started = Instant::now();
     let report = syncer.sync(&plan).context("programming nftables")?;
+    let nft_time = nft_started.elapsed();
+    if config.udp_stale_entry_cleanup {
+        // Not fatal: the rules are in place, and the next apply tries again.
+        match conntrack::clean_stale_flows(&mut NetlinkConntrack::new(), &plan, &state) {
+            Ok(r) if r.deleted > 0 => {
+                eprintln!("deleted {} stale UDP/SCTP conntrack entries", r.deleted);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: stale conntrack cleanup failed: {e}"),
+        }
+    }
     eprintln!(
-        "applied {} services ({} ports) of {} read: {} sync, {} elements, in {:.0?}",
+        "applied {} services ({} ports) of {} read: {} sync, {} elements, in {:.2}s \
+         (read {:.2}s, plan {:.2}s, nftables {:.2}s)",
         plan.services.len(),
         plan.ports().count(),
         state.service_count(),
         report.kind.name(),
         report.elements_added,
-        started.elapsed()
+        started.elapsed().as_secs_f64(),
+        phases.read.as_secs_f64(),
+        phases.plan.as_secs_f64(),
+        nft_time.as_secs_f64(),
     );
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn render(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
-    let (config, _, plan) = plan_manifests(opts)?;
+    let (config, _, plan, _) = plan_manifests(opts)?;
     let syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
     print!("{}", syncer.render_full(&plan));
     Ok(ExitCode::SUCCESS)

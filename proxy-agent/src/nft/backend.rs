@@ -104,39 +104,84 @@ impl NftBackend for NftCli {
     }
 
     fn list_table(&mut self, family: Family) -> Result<Option<TableObjects>, NftError> {
-        // Terse: chains and set declarations without elements, cheap at any size.
-        let out = self.run(&["-t", "list", "table", family.ip(), TABLE], None)?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(NftError::List { family, stderr });
+        // `list table`, even terse, makes nft fetch every element of every map (0.4 s at
+        // 10,000 Services); listing the family's chains, sets and maps separately fetches
+        // declarations only (about 10 ms each). nft 1.0.6 lists maps per family only.
+        let mut objects = TableObjects::default();
+        let chains = self.run(&["list", "chains", family.ip()], None)?;
+        if !chains.status.success() {
+            return Err(NftError::List {
+                family,
+                stderr: String::from_utf8_lossy(&chains.stderr).to_string(),
+            });
         }
-        Ok(Some(parse_listing(&String::from_utf8_lossy(&out.stdout))))
+        let listed = parse_listing(&String::from_utf8_lossy(&chains.stdout));
+        let Some(ours) = listed.get(TABLE) else {
+            return Ok(None);
+        };
+        objects.chains.clone_from(&ours.chains);
+        for kind in ["sets", "maps"] {
+            let out = self.run(&["-t", "list", kind, family.ip()], None)?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+                return Err(NftError::List { family, stderr });
+            }
+            if let Some(t) = parse_listing(&String::from_utf8_lossy(&out.stdout)).get(TABLE) {
+                objects.sets.extend(t.sets.iter().cloned());
+            }
+        }
+        Ok(Some(objects))
     }
 }
 
-/// Reads object names from `nft -t list table` output.
-pub(super) fn parse_listing(text: &str) -> TableObjects {
-    let mut objects = TableObjects::default();
+/// Reads object names, per table, from `nft list ...` output.
+pub(super) fn parse_listing(text: &str) -> std::collections::BTreeMap<String, TableObjects> {
+    let mut tables: std::collections::BTreeMap<String, TableObjects> =
+        std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let (Some(kind), Some(name), Some("{")) = (words.next(), words.next(), words.next()) else {
+        let (Some(kind), Some(second)) = (words.next(), words.next()) else {
             continue;
         };
+        if kind == "table" {
+            // `table ip hybrid-proxy {`
+            current = words.next().map(str::to_owned);
+            if let Some(name) = &current {
+                tables.entry(name.clone()).or_default();
+            }
+            continue;
+        }
+        let (Some(table), Some("{")) = (&current, words.next()) else {
+            continue;
+        };
+        let objects = tables.entry(table.clone()).or_default();
         match kind {
             "chain" => {
-                objects.chains.insert(name.to_owned());
+                objects.chains.insert(second.to_owned());
             }
             "set" => {
-                objects.sets.insert((name.to_owned(), false));
+                objects.sets.insert((second.to_owned(), false));
             }
             "map" => {
-                objects.sets.insert((name.to_owned(), true));
+                objects.sets.insert((second.to_owned(), true));
             }
             _ => {}
         }
     }
-    objects
+    tables
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listings_are_read_per_table() {
+        let text = "table ip other {\n\tchain x {\n\t}\n}\ntable ip hybrid-proxy {\n\tchain services {\n\t\tjump y\n\t}\n\tmap service-ips {\n\t\ttype ipv4_addr : verdict\n\t}\n\tset cluster-ips {\n\t}\n}\n";
+        let tables = super::parse_listing(text);
+        let ours = &tables["hybrid-proxy"];
+        assert_eq!(ours.chains.iter().collect::<Vec<_>>(), ["services"]);
+        assert!(ours.sets.contains(&("service-ips".to_owned(), true)));
+        assert!(ours.sets.contains(&("cluster-ips".to_owned(), false)));
+        assert_eq!(tables["other"].chains.len(), 1);
+    }
 }
