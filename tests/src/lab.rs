@@ -214,6 +214,32 @@ impl Lab {
         stderr
     }
 
+    /// Starts `proxy-agent run` inside node-a on this lab's manifests.
+    pub fn start_agent(&self, extra: &[&str]) -> Agent {
+        let log = self.dir.with_extension("agent.log");
+        let file = std::fs::File::create(&log).expect("creating the agent log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.node.name()])
+            .arg(agent_binary())
+            .arg("run");
+        cmd.arg("--manifests").arg(&self.dir);
+        cmd.args([
+            "--node",
+            NODE_A,
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--service-cidr",
+            SERVICE_CIDR,
+        ]);
+        cmd.args(extra);
+        cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        let child = cmd.spawn().expect("starting proxy-agent run");
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+
     /// The node's nftables ruleset, for failure messages.
     pub fn ruleset(&self) -> String {
         String::from_utf8_lossy(&self.node.exec("nft", &["list", "ruleset"]).stdout).to_string()
@@ -224,6 +250,84 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `proxy-agent run`; stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Sends a signal to the agent process.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits");
+        // SAFETY: kill has no memory effects; the pid is our own child's.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits for the agent to exit; its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child
+            .take()
+            .expect("agent running")
+            .wait()
+            .expect("waiting for the agent")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            for _ in 0..50 {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

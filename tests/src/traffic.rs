@@ -237,3 +237,28 @@ impl Connection {
         }
     }
 }
+
+/// A plain HTTP/1.0 GET from inside `ns`; the status code and body.
+///
+/// # Panics
+/// When the server does not answer with an HTTP response.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String), Outcome> {
+    ns.run(|| {
+        let mut conn = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| classify(&e))?;
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .map_err(|e| classify(&e))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut text).map_err(|e| classify(&e))?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((status, body))
+    })
+}

@@ -1,6 +1,7 @@
 //! The command line.
 
 mod oneshot;
+mod run;
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
@@ -33,8 +34,30 @@ pub enum Command {
     Apply(ManifestOptions),
     /// Print the ruleset `apply` would write, in nft syntax, without touching the kernel.
     Render(ManifestOptions),
-    /// Remove everything the agent programmed (both nftables tables).
+    /// Remove everything the agent programmed (both nftables tables and the fast path).
     Cleanup(CommonOptions),
+    /// Run as the node's service proxy (what the DaemonSet runs).
+    ///
+    /// Watches Services, EndpointSlices and this node's Node (from `--manifests DIR`, or
+    /// from the Kubernetes API), keeps nftables and the fast path in step, and serves
+    /// `/healthz`, `/livez`, `/metrics` and health-check node ports. SIGTERM/SIGINT leave
+    /// the rules in place, so traffic keeps flowing while the agent restarts, unless
+    /// `cleanupOnExit: true`.
+    Run(RunOptions),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunOptions {
+    /// Read manifests from this directory, and watch it, instead of the Kubernetes API.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// kubeconfig file (default: in-cluster configuration, else `$KUBECONFIG`, else
+    /// `~/.kube/config`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonOptions,
 }
 
 /// Options every command takes.
@@ -127,6 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Apply(opts) => oneshot::apply(&opts),
         Command::Render(opts) => oneshot::render(&opts),
         Command::Cleanup(opts) => oneshot::cleanup(&opts),
+        Command::Run(opts) => run::run(&opts),
     };
     match result {
         Ok(code) => code,

@@ -73,6 +73,7 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: stale conntrack cleanup failed: {e}"),
         }
     }
+    apply_fast_path(&config, &state, &plan);
     eprintln!(
         "applied {} services ({} ports) of {} read: {} sync, {} elements, in {:.2}s \
          (read {:.2}s, plan {:.2}s, nftables {:.2}s)",
@@ -89,6 +90,36 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes the hot Services to the fast path after nftables, when acceleration is on. The
+/// programs and maps stay pinned after the command exits. A failure leaves nftables serving.
+fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan) {
+    let fp_config = config.fast_path();
+    if fp_config.mode == crate::bpf::AccelerationMode::Off {
+        return;
+    }
+    let pod_cidrs = state
+        .node()
+        .map(|n| crate::model::node::normalise_node(n, &mut Vec::new()).pod_cidrs)
+        .unwrap_or_default();
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        * 1000;
+    match crate::bpf::FastPath::open(&fp_config, &pod_cidrs)
+        .and_then(|mut fp| fp.apply(plan, generation))
+    {
+        Ok(report) => eprintln!(
+            "fast path ({}): {} of {} service ports accelerated",
+            fp_config.mode,
+            report.accelerated_ports(),
+            report.ports.len()
+        ),
+        Err(e) => eprintln!(
+            "warning: the eBPF fast path is unavailable, nftables serves every Service: {e}"
+        ),
+    }
+}
+
 pub fn render(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     let (config, _, plan, _) = plan_manifests(opts)?;
     let syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
@@ -101,5 +132,10 @@ pub fn cleanup(opts: &CommonOptions) -> anyhow::Result<ExitCode> {
     let mut syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
     syncer.cleanup().context("removing the nftables tables")?;
     eprintln!("removed tables ip {0} and ip6 {0}", crate::nft::TABLE);
+    let pin_path = &config.acceleration.pin_path;
+    if crate::bpf::is_pinned(pin_path) {
+        crate::bpf::cleanup(pin_path).context("removing the fast path")?;
+        eprintln!("removed the fast path pinned at {}", pin_path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

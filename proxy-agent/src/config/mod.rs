@@ -509,6 +509,40 @@ impl Config {
         }
     }
 
+    /// The fast path's settings.
+    pub fn fast_path(&self) -> crate::bpf::FastPathConfig {
+        let a = &self.acceleration;
+        let prefixes: Vec<String> = a
+            .pod_interfaces
+            .iter()
+            .filter_map(|p| p.strip_suffix('*').map(str::to_owned))
+            .collect();
+        crate::bpf::FastPathConfig {
+            mode: match a.mode {
+                AccelerationMode::Off => crate::bpf::AccelerationMode::Off,
+                AccelerationMode::Annotated | AccelerationMode::Auto => {
+                    crate::bpf::AccelerationMode::Annotated
+                }
+                AccelerationMode::All => crate::bpf::AccelerationMode::All,
+            },
+            node_interfaces: a.interfaces.clone(),
+            pod_interfaces: if a.pod_interfaces.is_empty() {
+                crate::bpf::PodInterfaces::PodCidrRoutes
+            } else if prefixes.is_empty() {
+                crate::bpf::PodInterfaces::Names(a.pod_interfaces.clone())
+            } else {
+                crate::bpf::PodInterfaces::Prefixes(prefixes)
+            },
+            pin_path: a.pin_path.clone(),
+            xdp_mode: match a.xdp_mode {
+                XdpMode::Auto => crate::bpf::XdpAttachMode::Auto,
+                XdpMode::Native => crate::bpf::XdpAttachMode::Native,
+                XdpMode::Generic => crate::bpf::XdpAttachMode::Generic,
+            },
+            ..crate::bpf::FastPathConfig::default()
+        }
+    }
+
     /// The packet-mark bit that requests masquerade.
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
@@ -565,6 +599,13 @@ fn read_acceleration(r: &mut Reader<'_>) -> AccelerationConfig {
         a.interfaces = list;
     }
     if let Some(list) = r.take_string_list("podInterfaces") {
+        let prefixes = list.iter().filter(|p| p.ends_with('*')).count();
+        if prefixes != 0 && prefixes != list.len() {
+            r.error(
+                "podInterfaces",
+                ConfigProblem::Inconsistent("list either names or prefixes ending in *, not both"),
+            );
+        }
         a.pod_interfaces = list;
     }
     if let Some(path) = r.take::<String>("pinPath") {

@@ -58,3 +58,100 @@ pub fn state_from(manifests: Manifests, node_name: &str) -> (ClusterState, LoadP
 pub fn load_dir(dir: &Path, node_name: &str) -> Result<(ClusterState, LoadProblems), ReadError> {
     Ok(state_from(manifest::read_dir(dir)?, node_name))
 }
+
+/// Watches a directory of manifests and sends its whole content after every change.
+#[derive(Clone, Debug)]
+pub struct FilesSource {
+    pub dir: std::path::PathBuf,
+    pub node: String,
+}
+
+/// How long the directory must stay quiet before it is re-read: an editor's save, or a
+/// `kubectl get -o yaml > file`, is several events.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl FilesSource {
+    /// Reads the directory and turns it into events: one `Replace` per kind, and the
+    /// problems.
+    async fn snapshot(&self) -> Result<Vec<super::SourceEvent>, ReadError> {
+        let dir = self.dir.clone();
+        let manifests = tokio::task::spawn_blocking(move || manifest::read_dir(&dir))
+            .await
+            .expect("manifest reader panicked")?;
+        let problems: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
+        let node: Vec<super::Object> = manifests
+            .nodes
+            .into_iter()
+            .filter(|n| n.metadata.name.as_deref() == Some(self.node.as_str()))
+            .map(super::Object::Node)
+            .collect();
+        Ok(vec![
+            super::SourceEvent::Problems(problems),
+            super::SourceEvent::Replace {
+                kind: super::Kind::Services,
+                objects: manifests
+                    .services
+                    .into_iter()
+                    .map(super::Object::Service)
+                    .collect(),
+            },
+            super::SourceEvent::Replace {
+                kind: super::Kind::EndpointSlices,
+                objects: manifests
+                    .slices
+                    .into_iter()
+                    .map(super::Object::Slice)
+                    .collect(),
+            },
+            super::SourceEvent::Replace {
+                kind: super::Kind::Node,
+                objects: node,
+            },
+        ])
+    }
+}
+
+impl super::Source for FilesSource {
+    fn run(
+        self: Box<Self>,
+        events: tokio::sync::mpsc::Sender<super::SourceEvent>,
+    ) -> futures::future::BoxFuture<'static, Result<(), super::SourceError>> {
+        Box::pin(async move {
+            use notify::Watcher as _;
+            let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let watch_error = |source| super::SourceError::Watch {
+                path: self.dir.clone(),
+                source,
+            };
+            let mut watcher =
+                notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                    let _ = changed_tx.send(());
+                })
+                .map_err(watch_error)?;
+            watcher
+                .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+                .map_err(watch_error)?;
+            loop {
+                match self.snapshot().await {
+                    Ok(batch) => {
+                        for event in batch {
+                            if events.send(event).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    // A directory that cannot be read keeps what was programmed; the next
+                    // change triggers another attempt.
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the manifests; keeping the current rules");
+                    }
+                }
+                if changed.recv().await.is_none() {
+                    return Ok(());
+                }
+                while let Ok(Some(())) = tokio::time::timeout(QUIET, changed.recv()).await {}
+                tracing::debug!(dir = %self.dir.display(), "manifests changed");
+            }
+        })
+    }
+}
