@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod plan;
+pub mod preflight;
 pub mod source;
 pub mod sync;

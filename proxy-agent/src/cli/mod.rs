@@ -1,6 +1,7 @@
 //! The command line.
 
 mod oneshot;
+mod preflight;
 mod run;
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
@@ -35,7 +36,15 @@ pub enum Command {
     /// Print the ruleset `apply` would write, in nft syntax, without touching the kernel.
     Render(ManifestOptions),
     /// Remove everything the agent programmed (both nftables tables and the fast path).
-    Cleanup(CommonOptions),
+    ///
+    /// With `--kube-proxy`, remove kube-proxy's leftovers instead: its iptables chains, its
+    /// nftables tables and kube-ipvs0. Never done without the flag.
+    Cleanup(CleanupOptions),
+    /// Check that this node can run the agent and that no other service proxy is in the way.
+    ///
+    /// Prints one line per check (pass, warn or fail, with how to fix it) and exits non-zero
+    /// when a check fails. Changes nothing.
+    Preflight(preflight::PreflightOptions),
     /// Run as the node's service proxy (what the DaemonSet runs).
     ///
     /// Watches Services, EndpointSlices and this node's Node (from `--manifests DIR`, or
@@ -81,6 +90,18 @@ pub struct CommonOptions {
     /// Acceleration mode: off, annotated, auto or all (overrides `acceleration.mode`).
     #[arg(long)]
     pub acceleration: Option<String>,
+}
+
+/// Options of `cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupOptions {
+    /// Remove kube-proxy's leftovers (iptables `KUBE-*` chains and the jumps to them in nat,
+    /// filter and mangle, tables `ip kube-proxy` and `ip6 kube-proxy`, kube-ipvs0) instead
+    /// of the agent's own rules. Stop kube-proxy first.
+    #[arg(long)]
+    pub kube_proxy: bool,
+    #[command(flatten)]
+    pub common: CommonOptions,
 }
 
 /// Options of the commands that read a directory of manifests.
@@ -151,6 +172,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Render(opts) => oneshot::render(&opts),
         Command::Cleanup(opts) => oneshot::cleanup(&opts),
         Command::Run(opts) => run::run(&opts),
+        Command::Preflight(opts) => preflight::preflight(&opts),
     };
     match result {
         Ok(code) => code,

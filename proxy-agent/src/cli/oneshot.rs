@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{CommonOptions, ManifestOptions};
+use super::{CleanupOptions, ManifestOptions};
 use crate::{
     config::Config,
     conntrack::{self, NetlinkConntrack},
@@ -127,8 +127,20 @@ pub fn render(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn cleanup(opts: &CommonOptions) -> anyhow::Result<ExitCode> {
-    let config = opts.config()?;
+pub fn cleanup(opts: &CleanupOptions) -> anyhow::Result<ExitCode> {
+    let config = opts.common.config()?;
+    if opts.kube_proxy {
+        // kube-proxy's objects only: the agent's own rules keep serving.
+        let removed = crate::preflight::leftovers::remove(&NftCli::default().program)
+            .context("removing kube-proxy's leftovers")?;
+        if removed.lines.is_empty() {
+            eprintln!("no kube-proxy leftovers found");
+        }
+        for line in &removed.lines {
+            eprintln!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
     syncer.cleanup().context("removing the nftables tables")?;
     eprintln!("removed tables ip {0} and ip6 {0}", crate::nft::TABLE);
