@@ -6,6 +6,7 @@
 //! flowing on what was programmed.
 
 pub mod files;
+pub mod kube;
 pub mod manifest;
 
 use futures::future::BoxFuture;
@@ -83,9 +84,9 @@ pub enum SourceError {
     #[error(transparent)]
     Read(#[from] manifest::ReadError),
     #[error("connecting to the Kubernetes API")]
-    Kube(#[source] kube::Error),
+    Kube(#[source] ::kube::Error),
     #[error("loading Kubernetes client configuration")]
-    KubeConfig(#[source] kube::config::InferConfigError),
+    KubeConfig(#[source] ::kube::config::InferConfigError),
 }
 
 /// A producer of cluster state. `run` returns when the loop hangs up (or on a fatal error).
