@@ -5,6 +5,7 @@
 //! configuration reference; `DEFAULTS` below is the same text in YAML form.
 
 pub mod duration;
+pub mod kube_proxy;
 mod reader;
 
 use std::{
@@ -303,6 +304,14 @@ impl Config {
         let mut errors = Vec::new();
         let config = match serde_yaml::from_str::<serde_yaml::Value>(text) {
             Ok(serde_yaml::Value::Null) => Self::default(),
+            // kube-proxy's own file, as its ConfigMap holds it.
+            Ok(serde_yaml::Value::Mapping(map))
+                if kube_proxy::is_kube_proxy_configuration(&map) =>
+            {
+                let (config, ignored) = kube_proxy::read(map, &mut errors);
+                kube_proxy::log_ignored(&ignored);
+                config
+            }
             Ok(serde_yaml::Value::Mapping(map)) => {
                 let mut reader = Reader::new(map, String::new(), &mut errors);
                 let config = Self::read(&mut reader);
