@@ -5,6 +5,7 @@
 //! machine needs nothing but this repository and a Rust toolchain.
 
 mod ebpf;
+mod fuzz;
 mod prereq;
 mod test;
 
@@ -30,6 +31,8 @@ enum Task {
     /// The one test command: install prerequisites, build the eBPF object, check formatting
     /// and lints, and run every test, the privileged ones included.
     Test(test::TestOptions),
+    /// Fuzz the plan with arbitrary manifests for a bounded time (cargo-fuzz, nightly).
+    Fuzz(fuzz::FuzzOptions),
 }
 
 /// The repository root (xtask lives one level below it).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::BuildEbpf(opts) => ebpf::build(&opts).map(|_| ()),
         Task::Test(opts) => test::run(&opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,7 +44,7 @@ fn log_dir() -> PathBuf {
 }
 
 /// Runs an install command with its output captured in `target/xtask-logs/<name>.log`.
-fn run_logged(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run_logged(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     let log_path = log_dir().join(format!("{name}.log"));
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
@@ -107,7 +107,7 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     .with_context(|| format!("apt-get install {list}"))
 }
 
-fn nightly_has_rust_src() -> anyhow::Result<bool> {
+fn nightly_has(component: &str) -> anyhow::Result<bool> {
     let out = Command::new("rustup")
         .args(["+nightly", "component", "list", "--installed"])
         .output()
@@ -120,7 +120,19 @@ fn nightly_has_rust_src() -> anyhow::Result<bool> {
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .any(|l| l.starts_with("rust-src")))
+        .any(|l| l.starts_with(component)))
+}
+
+/// Installs a component of the nightly toolchain when it is missing.
+pub fn ensure_nightly_component(component: &str) -> anyhow::Result<()> {
+    if nightly_has(component)? {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {component} for nightly");
+    run_logged(
+        &format!("rustup-{component}"),
+        Command::new("rustup").args(["+nightly", "component", "add", component]),
+    )
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
@@ -143,13 +155,8 @@ fn bpf_linker_works() -> bool {
 /// The eBPF toolchain: nightly's `rust-src` (for `-Z build-std=core`) and bpf-linker built
 /// against LLVM 22.
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
-    if !nightly_has_rust_src()? {
-        eprintln!("xtask: installing rust-src for nightly (needed by -Z build-std=core)");
-        run_logged(
-            "rustup-rust-src",
-            Command::new("rustup").args(["+nightly", "component", "add", "rust-src"]),
-        )?;
-    }
+    // -Z build-std=core needs the standard library's sources.
+    ensure_nightly_component("rust-src")?;
     if bpf_linker_works() {
         return Ok(());
     }

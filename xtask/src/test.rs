@@ -4,13 +4,16 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::{ebpf, prereq, workspace_root};
+use crate::{ebpf, fuzz, prereq, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct TestOptions {
     /// Skip `cargo fmt --check` and clippy (for a quick local run; CI never skips them).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the short fuzz run (for a quick local run; CI never skips it).
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Passed to `cargo test` after `--` (e.g. a test name filter).
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -72,5 +75,13 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
             // Privileged tests skip only outside CI; here they must run.
             .env("HYBRID_PROXY_REQUIRE_PRIVILEGED", "1"),
     )?;
+    // A short fuzz run: the plan survives arbitrary manifests (the nightly-style run is
+    // `cargo xtask fuzz`).
+    if !opts.no_fuzz {
+        fuzz::run(&fuzz::FuzzOptions {
+            seconds: 30,
+            target: "plan".into(),
+        })?;
+    }
     Ok(())
 }

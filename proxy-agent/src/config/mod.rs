@@ -519,6 +519,7 @@ impl Config {
     }
 
     /// The fast path's settings.
+    #[cfg(feature = "agent")]
     pub fn fast_path(&self) -> crate::bpf::FastPathConfig {
         let a = &self.acceleration;
         let prefixes: Vec<String> = a

@@ -66,10 +66,12 @@ pub struct FilesSource {
     pub node: String,
 }
 
+#[cfg(feature = "agent")]
 /// How long the directory must stay quiet before it is re-read: an editor's save, or a
 /// `kubectl get -o yaml > file`, is several events.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
+#[cfg(feature = "agent")]
 impl FilesSource {
     /// Reads the directory and turns it into events: one `Replace` per kind, and the
     /// problems.
@@ -111,6 +113,7 @@ impl FilesSource {
     }
 }
 
+#[cfg(feature = "agent")]
 impl super::Source for FilesSource {
     fn run(
         self: Box<Self>,

@@ -6,12 +6,16 @@
 //! flowing on what was programmed.
 
 pub mod files;
+#[cfg(feature = "agent")]
 pub mod kube;
 pub mod manifest;
 
+#[cfg(feature = "agent")]
 use futures::future::BoxFuture;
 use k8s_openapi::api::{core::v1 as core, discovery::v1::EndpointSlice};
+#[cfg(feature = "agent")]
 use thiserror::Error;
+#[cfg(feature = "agent")]
 use tokio::sync::mpsc;
 
 /// The kinds of object the agent watches.
@@ -73,6 +77,7 @@ pub enum SourceEvent {
 }
 
 /// Why a source stopped.
+#[cfg(feature = "agent")]
 #[derive(Debug, Error)]
 pub enum SourceError {
     #[error("watching {path}")]
@@ -90,6 +95,7 @@ pub enum SourceError {
 }
 
 /// A producer of cluster state. `run` returns when the loop hangs up (or on a fatal error).
+#[cfg(feature = "agent")]
 pub trait Source: Send {
     fn run(
         self: Box<Self>,
