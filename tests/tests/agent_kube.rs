@@ -153,7 +153,6 @@ fn expect_served(lab: &Lab, agent: &KubeAgent, service: &str, want: &[&str], wit
 }
 
 #[test]
-#[ignore = "until `proxy-agent run` builds a KubeSource and KubeEvents without --manifests"]
 fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
     if !privileged::root_or_skip("agent_kube") {
         return;

@@ -61,8 +61,8 @@ pub struct RunOptions {
     /// Read manifests from this directory, and watch it, instead of the Kubernetes API.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
-    /// kubeconfig file (default: in-cluster configuration, else `$KUBECONFIG`, else
-    /// `~/.kube/config`).
+    /// kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`, else the in-cluster
+    /// service account).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]

@@ -14,8 +14,12 @@ use crate::{
     metrics::Metrics,
     nft::{NftCli, NftSyncer},
     plan::Planner,
-    source::{Source, files::FilesSource},
-    sync::{Control, LogEvents, Parts, SyncLoop, Timing},
+    source::{
+        Source,
+        files::FilesSource,
+        kube::{self, KubeEvents, KubeSource},
+    },
+    sync::{Control, EventSink, LogEvents, Parts, SyncLoop, Timing},
 };
 
 /// Resolves on SIGTERM or SIGINT.
@@ -105,13 +109,22 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
             tokio::spawn(health::serve_metrics(listener, metrics.clone()));
         }
 
-        let source: Box<dyn Source> = match &opts.manifests {
-            Some(dir) => Box::new(FilesSource {
-                dir: dir.clone(),
-                node: node.clone(),
-            }),
-            None => anyhow::bail!("reading from the Kubernetes API needs --manifests for now"),
-        };
+        let (source, events): (Box<dyn Source>, Arc<dyn EventSink>) =
+            if let Some(dir) = &opts.manifests {
+                let files = FilesSource {
+                    dir: dir.clone(),
+                    node: node.clone(),
+                };
+                (Box::new(files), Arc::new(LogEvents))
+            } else {
+                let client = kube::client(opts.kubeconfig.as_deref())
+                    .await
+                    .context("configuring the Kubernetes client")?;
+                (
+                    Box::new(KubeSource::new(client.clone(), node.clone())),
+                    Arc::new(KubeEvents::new(client, node.clone())),
+                )
+            };
         let addresses = host::local_addresses().context("reading this host's addresses")?;
         let fast_path = fast_path_config(&config);
         let (control_tx, control_rx) = mpsc::channel(16);
@@ -122,7 +135,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
             planner: Planner::new(config.plan_settings(addresses)),
             metrics,
             health,
-            events: Arc::new(LogEvents),
+            events,
             fast_path,
             udp_stale_entry_cleanup: config.udp_stale_entry_cleanup,
             timing: Timing {
