@@ -185,12 +185,22 @@ impl Lab {
         std::fs::rename(&tmp, self.dir.join("cluster.yaml")).unwrap();
     }
 
-    /// Runs `proxy-agent <args>` inside node-a with this lab's manifests and node flags.
-    pub fn agent(&self, command: &str, extra: &[&str]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.node.name()])
+    /// A command running `proxy-agent <command>` in node-a's network namespace.
+    ///
+    /// `nsenter --net`, not `ip netns exec`: the latter also gives the process a private
+    /// mount namespace with its own /sys, so the fast path's pins would land in a bpffs that
+    /// disappears, with the programs, when the process exits.
+    fn agent_command(&self, command: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node.name()))
             .arg(agent_binary())
             .arg(command);
+        cmd
+    }
+
+    /// Runs `proxy-agent <args>` inside node-a with this lab's manifests and node flags.
+    pub fn agent(&self, command: &str, extra: &[&str]) -> Output {
+        let mut cmd = self.agent_command(command);
         if command != "cleanup" {
             cmd.arg("--manifests").arg(&self.dir);
         }
@@ -218,10 +228,7 @@ impl Lab {
     pub fn start_agent(&self, extra: &[&str]) -> Agent {
         let log = self.dir.with_extension("agent.log");
         let file = std::fs::File::create(&log).expect("creating the agent log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.node.name()])
-            .arg(agent_binary())
-            .arg("run");
+        let mut cmd = self.agent_command("run");
         cmd.arg("--manifests").arg(&self.dir);
         cmd.args([
             "--node",
@@ -336,17 +343,22 @@ pub fn wait_for<T>(
 /// # Panics
 /// When it has not been built (`cargo xtask test` builds it first).
 pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HYBRID_PROXY_AGENT") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/proxy-agent
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("proxy-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p proxy-agent` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
+    // A test runs from target/<profile>/deps/, a binary of this crate from target/<profile>/.
+    let dir = exe.parent().expect("binary directory");
+    let candidates = [
+        dir.join("proxy-agent"),
+        dir.parent()
+            .map(|d| d.join("proxy-agent"))
+            .unwrap_or_default(),
+    ];
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "no proxy-agent next to {}: run `cargo build -p proxy-agent` (cargo xtask test does), or set HYBRID_PROXY_AGENT",
+            exe.display()
+        )
+    })
 }

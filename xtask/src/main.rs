@@ -4,6 +4,7 @@
 //! `rust-src` component, bpf-linker), saying what it installs and why, so that a fresh
 //! machine needs nothing but this repository and a Rust toolchain.
 
+mod demo;
 mod ebpf;
 mod fuzz;
 mod prereq;
@@ -31,6 +32,10 @@ enum Task {
     /// The one test command: install prerequisites, build the eBPF object, check formatting
     /// and lints, and run every test, the privileged ones included.
     Test(test::TestOptions),
+    /// The main job on the built-in lab: network namespaces with a node, a second node, pods
+    /// and an external client; example Services; real TCP and UDP traffic; a table of which
+    /// backend served what by which path, with acceleration off and on. Removes the lab.
+    Demo,
     /// Fuzz the plan with arbitrary manifests for a bounded time (cargo-fuzz, nightly).
     Fuzz(fuzz::FuzzOptions),
 }
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf(opts) => ebpf::build(&opts).map(|_| ()),
         Task::Test(opts) => test::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
