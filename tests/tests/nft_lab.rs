@@ -427,3 +427,74 @@ fn the_lab_routes_pods_and_nodes_without_the_proxy() {
         }
     }
 }
+
+#[test]
+fn verify_finds_nothing_after_apply_and_names_what_changed_behind_its_back() {
+    require_root!("verify");
+    let lab = lab("vfy");
+    let backends_ab = ips(&lab, &["a1", "b1"]);
+    lab.write_manifests(&format!(
+        "{}{}{}",
+        service("web", "10.96.0.10", HTTP, ", sessionAffinity: ClientIP"),
+        slice("web", &eps(&backends_ab)),
+        service(
+            "np",
+            "10.96.0.11",
+            "{name: http, port: 80, nodePort: 30080}",
+            ", type: NodePort, externalTrafficPolicy: Local"
+        ),
+    ));
+    lab.apply(&[]);
+    // The affinity set gets a client, which verify must not count as a difference.
+    assert!(matches!(
+        traffic::tcp(&lab.pod("c1").ns, addr("10.96.0.10:80")),
+        Outcome::Reply { .. }
+    ));
+
+    let verify = || {
+        lab.node.run(|| {
+            let config = proxy_agent::config::Config {
+                node_name: Some("node-a".into()),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+                detect_local: proxy_agent::plan::DetectLocal::ClusterCidr,
+                ..proxy_agent::config::Config::default()
+            };
+            let (state, _) =
+                proxy_agent::source::files::load_dir(lab.manifests(), "node-a").unwrap();
+            let settings = config.plan_settings(proxy_agent::host::local_addresses().unwrap());
+            let plan = proxy_agent::plan::compute(&state, &settings);
+            proxy_agent::nft::verify(
+                &mut proxy_agent::nft::NftCli::default(),
+                &plan,
+                config.masquerade_mark(),
+            )
+            .unwrap()
+        })
+    };
+    let clean = verify();
+    assert!(clean.is_empty(), "{clean:#?}\n{}", lab.ruleset());
+
+    lab.node.exec_ok(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "ip",
+            "hybrid-proxy",
+            "cluster-ips",
+            "{ 10.96.0.11 }",
+        ],
+    );
+    lab.node
+        .exec_ok("nft", &["add", "chain", "ip", "hybrid-proxy", "intruder"]);
+    let found: Vec<String> = verify().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "nftables ip: chain intruder should not be there",
+            "nftables ip: cluster-ips lacks 10.96.0.11",
+        ],
+        "{found:#?}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::{
     conntrack::{self, NetlinkConntrack},
     host,
     model::ClusterState,
-    nft::{NftCli, NftSyncer},
+    nft::{NftBackend as _, NftCli, NftSyncer},
     plan::{self, ProxyPlan},
     source::files,
 };
@@ -61,6 +61,16 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     let (config, state, plan, phases) = plan_manifests(opts)?;
     let mut syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
     let nft_started = Instant::now();
+    // Continue the generation the kernel holds, so status can tell this plan from the last.
+    let generation = syncer
+        .backend_mut()
+        .read_generation()
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .wrapping_add(1)
+        .max(1);
+    syncer.set_generation(generation);
     let report = syncer.sync(&plan).context("programming nftables")?;
     let nft_time = nft_started.elapsed();
     if config.udp_stale_entry_cleanup {
@@ -73,7 +83,7 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: stale conntrack cleanup failed: {e}"),
         }
     }
-    apply_fast_path(&config, &state, &plan);
+    apply_fast_path(&config, &state, &plan, generation);
     eprintln!(
         "applied {} services ({} ports) of {} read: {} sync, {} elements, in {:.2}s \
          (read {:.2}s, plan {:.2}s, nftables {:.2}s)",
@@ -92,7 +102,7 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
 
 /// Writes the hot Services to the fast path after nftables, when acceleration is on. The
 /// programs and maps stay pinned after the command exits. A failure leaves nftables serving.
-fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan) {
+fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan, generation: u32) {
     let fp_config = config.fast_path();
     if fp_config.mode == crate::bpf::AccelerationMode::Off {
         return;
@@ -101,12 +111,8 @@ fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan) {
         .node()
         .map(|n| crate::model::node::normalise_node(n, &mut Vec::new()).pod_cidrs)
         .unwrap_or_default();
-    let generation = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        * 1000;
     match crate::bpf::FastPath::open(&fp_config, &pod_cidrs)
-        .and_then(|mut fp| fp.apply(plan, generation))
+        .and_then(|mut fp| fp.apply(plan, u64::from(generation)))
     {
         Ok(report) => eprintln!(
             "fast path ({}): {} of {} service ports accelerated",

@@ -24,6 +24,14 @@ pub trait NftBackend {
     fn check(&mut self, tx: &Transaction) -> Result<(), NftError>;
     /// The objects in our table of a family; `None` when the table does not exist.
     fn list_table(&mut self, family: Family) -> Result<Option<TableObjects>, NftError>;
+    /// Everything in our table of a family, rules counted and elements listed (slow at
+    /// scale: for `verify`, not for syncs); `None` when the table does not exist.
+    fn table_state(
+        &mut self,
+        family: Family,
+    ) -> Result<Option<super::verify::TableState>, NftError>;
+    /// The generation element of our `ip` table; `None` when there is none.
+    fn read_generation(&mut self) -> Result<Option<u32>, NftError>;
 }
 
 /// The `nft` command.
@@ -131,6 +139,48 @@ impl NftBackend for NftCli {
             }
         }
         Ok(Some(objects))
+    }
+
+    fn table_state(
+        &mut self,
+        family: Family,
+    ) -> Result<Option<super::verify::TableState>, NftError> {
+        let text = self.listing(family, &["list", "table", family.ip(), TABLE])?;
+        Ok(text.map(|t| super::verify::parse_table(&t)))
+    }
+
+    fn read_generation(&mut self) -> Result<Option<u32>, NftError> {
+        let set = super::render::SetName::Generation.name();
+        let Some(text) = self.listing(Family::Ip, &["list", "set", "ip", TABLE, set])? else {
+            return Ok(None);
+        };
+        Ok(super::verify::parse_table(&text)
+            .sets
+            .get(set)
+            .and_then(|s| s.elements.iter().next().and_then(|e| parse_number(e))))
+    }
+}
+
+/// A number as nft prints it (`0x0000303a` for marks, decimal otherwise).
+pub(super) fn parse_number(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+impl NftCli {
+    /// Runs `nft <args>`; its stdout, or `None` when our table does not exist.
+    fn listing(&self, family: Family, args: &[&str]) -> Result<Option<String>, NftError> {
+        let out = self.run(args, None)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(NftError::List { family, stderr })
     }
 }
 

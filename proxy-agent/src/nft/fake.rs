@@ -385,6 +385,46 @@ impl NftBackend for FakeNft {
         Self::check_references(&scratch)
     }
 
+    fn table_state(
+        &mut self,
+        family: Family,
+    ) -> Result<Option<super::verify::TableState>, NftError> {
+        Ok(self.tables.get(&family).map(|t| super::verify::TableState {
+            chains: t.chains.iter().map(|(n, r)| (n.clone(), r.len())).collect(),
+            sets: t
+                .sets
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        n.clone(),
+                        super::verify::SetState {
+                            map: s.map,
+                            dynamic: s.spec.contains("dynamic"),
+                            elements: s
+                                .elements
+                                .iter()
+                                .map(|(k, v)| match v {
+                                    Some(v) => format!("{k} : {v}"),
+                                    None => k.clone(),
+                                })
+                                .collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    fn read_generation(&mut self) -> Result<Option<u32>, NftError> {
+        let set = super::render::SetName::Generation.name();
+        Ok(self
+            .tables
+            .get(&Family::Ip)
+            .and_then(|t| t.sets.get(set))
+            .and_then(|s| s.elements.keys().next())
+            .and_then(|e| super::backend::parse_number(e)))
+    }
+
     fn list_table(&mut self, family: Family) -> Result<Option<TableObjects>, NftError> {
         Ok(self.tables.get(&family).map(|t| TableObjects {
             chains: t.chains.keys().cloned().collect(),

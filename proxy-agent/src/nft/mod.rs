@@ -16,6 +16,7 @@ mod fake;
 pub mod render;
 mod syncer;
 mod transaction;
+pub mod verify;
 
 use std::fmt;
 
@@ -24,6 +25,7 @@ pub use fake::FakeNft;
 pub use syncer::{NftSyncer, SyncKind, SyncReport};
 use thiserror::Error;
 pub use transaction::{BaseChain, Command, Transaction};
+pub use verify::{Difference, verify};
 
 use crate::model::IpFamily;
 

@@ -57,6 +57,8 @@ pub enum SetName {
     NodeportShortCircuit,
     NodeportLocalPolicy,
     Hairpin,
+    /// One element: the generation of the plan last written, read by `status`.
+    Generation,
 }
 
 impl SetName {
@@ -76,6 +78,7 @@ impl SetName {
             Self::NodeportShortCircuit,
             Self::NodeportLocalPolicy,
             Self::Hairpin,
+            Self::Generation,
         ];
         for p in PROTOCOLS {
             all.extend([
@@ -115,6 +118,7 @@ impl SetName {
             Self::NodeportShortCircuit => "nodeport-short-circuit",
             Self::NodeportLocalPolicy => "nodeport-local-policy",
             Self::Hairpin => "hairpin",
+            Self::Generation => "generation",
         }
     }
 
@@ -126,6 +130,7 @@ impl SetName {
                 | Self::FirewallIps
                 | Self::FirewallAllow
                 | Self::Hairpin
+                | Self::Generation
         )
     }
 
@@ -170,6 +175,8 @@ impl SetName {
                 endpoint_data(p)
             ),
             Self::Hairpin => format!("type {addr} . {addr} ;"),
+            // A 32-bit number; `mark` is the 32-bit integer type nft can declare.
+            Self::Generation => "type mark ;".into(),
         }
     }
 }

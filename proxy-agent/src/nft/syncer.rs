@@ -60,6 +60,7 @@ pub struct SyncReport {
 #[derive(Debug)]
 struct Written {
     node: NodePlan,
+    generation: u32,
     services: BTreeMap<ServiceName, Arc<ServicePlan>>,
     /// Reference counts of shared elements.
     shared_elements: HashMap<(Family, SetName, String), u32>,
@@ -92,6 +93,8 @@ pub struct NftSyncer<B> {
     stale: BTreeMap<Stale, Instant>,
     /// How long a stale object stays before it is deleted.
     pub stale_delay: Duration,
+    /// The generation the next sync writes with the plan.
+    generation: u32,
 }
 
 impl<B: NftBackend> NftSyncer<B> {
@@ -103,7 +106,14 @@ impl<B: NftBackend> NftSyncer<B> {
             written: None,
             stale: BTreeMap::new(),
             stale_delay: Duration::from_secs(1),
+            generation: 0,
         }
+    }
+
+    /// Sets the generation the next sync writes into the table with the plan, so that
+    /// `proxy-agent status` can tell which plan the kernel holds.
+    pub fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
     }
 
     pub fn backend(&self) -> &B {
@@ -148,6 +158,7 @@ impl<B: NftBackend> NftSyncer<B> {
         let mut tx = Transaction::new();
         let mut written = Written {
             node: plan.node.clone(),
+            generation: self.generation,
             services: plan.services.clone(),
             shared_elements: HashMap::new(),
             shared_chains: HashMap::new(),
@@ -258,6 +269,11 @@ impl<B: NftBackend> NftSyncer<B> {
                 elements: items,
             });
         }
+        tx.push(Command::AddElements {
+            family,
+            set: SetName::Generation.name().into(),
+            elements: vec![self.generation.to_string()],
+        });
         if let Some(objects) = existing {
             for chain in objects.chains.iter().filter(|c| !chains.contains(*c)) {
                 tx.push(Command::FlushChain {
@@ -346,6 +362,19 @@ impl<B: NftBackend> NftSyncer<B> {
         let mut delta = Delta::default();
         for family in Family::BOTH {
             self.partial_family(family, plan, &changed, &mut tx, &mut delta);
+            if written.generation != self.generation {
+                let set = SetName::Generation.name();
+                tx.push(Command::FlushSet {
+                    family,
+                    name: set.into(),
+                    map: false,
+                });
+                tx.push(Command::AddElements {
+                    family,
+                    set: set.into(),
+                    elements: vec![self.generation.to_string()],
+                });
+            }
         }
         let services = changed.len();
         if !tx.is_empty() {
@@ -495,6 +524,7 @@ impl<B: NftBackend> NftSyncer<B> {
             }
         }
         written.services = plan.services.clone();
+        written.generation = self.generation;
         for s in delta.revived {
             self.stale.remove(&s);
         }

@@ -89,7 +89,8 @@ pub struct SyncLoop<B: NftBackend> {
     dirty: BTreeSet<ServiceName>,
     need_full: bool,
     plan: Option<ProxyPlan>,
-    generation: u64,
+    /// Generation of the last sync; 0 until the first one reads what the kernel holds.
+    generation: u32,
     /// Problems last reported per Service, so each change is reported once.
     reported: BTreeMap<ServiceName, Vec<ObjectError>>,
     /// Trigger times of EndpointSlice changes waiting to be programmed.
@@ -119,12 +120,7 @@ impl<B: NftBackend> SyncLoop<B> {
             failures: 0,
             fast_path: None,
             fast_path_tried: false,
-            // Generations keep growing across restarts, so an adopted fast path never looks
-            // newer than what this agent writes.
-            generation: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                * 1000,
+            generation: 0,
         }
     }
 
@@ -325,7 +321,18 @@ impl<B: NftBackend> SyncLoop<B> {
             self.parts.planner.update(&self.state, &self.dirty)
         };
         let dirty = self.dirty.len();
-        self.generation += 1;
+        if self.generation == 0 {
+            // Generations keep growing across restarts: continue from what the kernel holds.
+            self.generation = self
+                .nft
+                .backend_mut()
+                .read_generation()
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+        }
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.nft.set_generation(self.generation);
         let span = tracing::info_span!(
             "sync",
             kind = tracing::field::Empty,
@@ -390,8 +397,7 @@ impl<B: NftBackend> SyncLoop<B> {
                 m.network_programming.observe(latency.as_secs_f64());
             }
         }
-        m.generation
-            .set(i64::try_from(self.generation).unwrap_or(i64::MAX));
+        m.generation.set(i64::from(self.generation));
         m.services
             .set(i64::try_from(plan.services.len()).unwrap_or(i64::MAX));
         m.service_ports
@@ -452,7 +458,7 @@ impl<B: NftBackend> SyncLoop<B> {
         }
         self.open_fast_path();
         if let Some(fp) = self.fast_path.as_mut() {
-            match fp.apply(plan, self.generation) {
+            match fp.apply(plan, u64::from(self.generation)) {
                 Ok(report) => tracing::debug!(
                     accelerated = report.accelerated_ports(),
                     "fast path updated"
