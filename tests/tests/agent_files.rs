@@ -136,3 +136,53 @@ fn the_daemon_follows_manifest_edits_and_reports_health() {
         "b1"
     );
 }
+
+#[test]
+fn a_configuration_edit_applies_without_a_restart() {
+    if !privileged::root_or_skip("daemon_reload") {
+        return;
+    }
+    let mut lab = Lab::new("rld");
+    lab.add_pod("a1", On::NodeA);
+    lab.add_pod("c1", On::NodeA);
+    lab.serve("a1", 8080);
+    lab.write_manifests(&manifests(&lab, &["a1"], &["a1"]));
+    let config = lab.manifests().with_extension("agent-config.yaml");
+    std::fs::write(&config, "masqueradeAll: false\n").unwrap();
+    let mut agent = lab.start_agent(&["--config", config.to_str().unwrap()]);
+    let c1 = lab.pod("c1").ip;
+    let peer = || match traffic::tcp(&lab.pod("c1").ns, addr("10.96.0.10:80")) {
+        Outcome::Reply { peer, .. } => Some(peer.ip()),
+        _ => None,
+    };
+    assert_eq!(
+        wait_for(Duration::from_secs(2), peer),
+        Some(c1.into()),
+        "{}",
+        agent.log_text()
+    );
+
+    // The file changes: masquerading everything applies within a couple of seconds.
+    std::fs::write(&config, "masqueradeAll: true\n").unwrap();
+    let masqueraded = wait_for(Duration::from_secs(3), || {
+        peer().filter(|p| *p != std::net::IpAddr::from(c1))
+    });
+    assert!(
+        masqueraded.is_some(),
+        "reload not applied\n{}",
+        agent.log_text()
+    );
+
+    // An invalid file is refused and the running configuration kept; SIGHUP works too.
+    std::fs::write(&config, "masqueradeAll: sometimes\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(agent.is_running(), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("configuration is invalid"),
+        "{}",
+        agent.log_text()
+    );
+    assert_ne!(peer(), Some(c1.into()));
+    let _ = std::fs::remove_file(&config);
+}

@@ -70,7 +70,7 @@ pub struct RunOptions {
 }
 
 /// Options every command takes.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct CommonOptions {
     /// Configuration file (YAML, camelCase keys); keys it leaves out keep their defaults.
     #[arg(long, short = 'c', env = "HYBRID_PROXY_CONFIG")]

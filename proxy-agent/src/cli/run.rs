@@ -19,7 +19,7 @@ use crate::{
         files::FilesSource,
         kube::{self, KubeEvents, KubeSource},
     },
-    sync::{Control, EventSink, LogEvents, Parts, SyncLoop, Timing},
+    sync::{Control, EventSink, LogEvents, Parts, Reload, SyncLoop, Timing},
 };
 
 /// Resolves on SIGTERM or SIGINT.
@@ -81,6 +81,105 @@ fn spawn_fast_path_helpers(control: mpsc::Sender<Control>) {
     });
 }
 
+/// What the loop applies live from a configuration.
+fn reload_from(config: &Config) -> std::io::Result<Reload> {
+    Ok(Reload {
+        settings: config.plan_settings(host::local_addresses()?),
+        mark: config.masquerade_mark(),
+        fast_path: fast_path_config(config),
+        udp_stale_entry_cleanup: config.udp_stale_entry_cleanup,
+        min_sync_period: config.min_sync_period,
+        sync_period: config.sync_period,
+    })
+}
+
+/// Reloads the configuration on SIGHUP and whenever the `--config` file changes (watching
+/// its directory, so that a ConfigMap's symlink swap is seen). An invalid file is reported
+/// and the running configuration kept. Settings that need a restart (listen addresses) are
+/// named in the log.
+fn spawn_config_reloader(
+    common: super::CommonOptions,
+    current: Config,
+    control: mpsc::Sender<Control>,
+) {
+    use notify::Watcher as _;
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<&'static str>();
+    let mut watcher = None;
+    if let Some(path) = &common.config {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let tx = changed_tx.clone();
+        match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send("the configuration file changed");
+        }) {
+            Ok(mut w) => match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => watcher = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration file; reload with SIGHUP");
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP");
+                return;
+            }
+        };
+        let mut current = current;
+        loop {
+            let why = tokio::select! {
+                _ = hup.recv() => "SIGHUP",
+                Some(why) = changed.recv() => why,
+            };
+            // An editor's save or a ConfigMap update is several events.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while changed.try_recv().is_ok() {}
+            let config = match common.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(reason = why, error = %e, "not reloading: the configuration is invalid; keeping the running one");
+                    continue;
+                }
+            };
+            if config == current {
+                continue;
+            }
+            if config.healthz_bind_address != current.healthz_bind_address
+                || config.metrics_bind_address != current.metrics_bind_address
+            {
+                tracing::warn!(
+                    "healthzBindAddress and metricsBindAddress take effect after a restart"
+                );
+            }
+            tracing::info!(reason = why, "reloading the configuration");
+            match reload_from(&config) {
+                Ok(reload) => {
+                    if control
+                        .send(Control::Reload(Box::new(reload)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    current = config;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "not reloading: cannot read this host's addresses");
+                }
+            }
+        }
+    });
+}
+
 pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
     let config = opts.common.config()?;
     let node = config.resolved_node_name();
@@ -128,9 +227,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
         let addresses = host::local_addresses().context("reading this host's addresses")?;
         let fast_path = fast_path_config(&config);
         let (control_tx, control_rx) = mpsc::channel(16);
-        if fast_path.is_some() {
-            spawn_fast_path_helpers(control_tx.clone());
-        }
+        // Always running: a reload may turn acceleration on.
+        spawn_fast_path_helpers(control_tx.clone());
+        spawn_config_reloader(opts.common.clone(), config.clone(), control_tx.clone());
         let parts = Parts {
             planner: Planner::new(config.plan_settings(addresses)),
             metrics,

@@ -110,6 +110,17 @@ impl<B: NftBackend> NftSyncer<B> {
         }
     }
 
+    /// The packet-mark bit that requests masquerade.
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+
+    /// Changes the masquerade mark; the next sync is a full one.
+    pub fn set_mark(&mut self, mark: u32) {
+        self.mark = mark;
+        self.written = None;
+    }
+
     /// Sets the generation the next sync writes into the table with the plan, so that
     /// `proxy-agent status` can tell which plan the kernel holds.
     pub fn set_generation(&mut self, generation: u32) {

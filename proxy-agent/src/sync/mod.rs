@@ -78,6 +78,19 @@ pub enum Control {
     InterfacesChanged,
     /// Time to remove ended flows from the fast path's connection table.
     CollectGarbage,
+    /// The configuration file changed (or SIGHUP): apply what can change without a restart.
+    Reload(Box<Reload>),
+}
+
+/// The parts of a new configuration the loop applies live.
+#[derive(Debug)]
+pub struct Reload {
+    pub settings: crate::plan::PlanSettings,
+    pub mark: u32,
+    pub fast_path: Option<FastPathConfig>,
+    pub udp_stale_entry_cleanup: bool,
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
 }
 
 /// The loop's state between syncs.
@@ -100,6 +113,8 @@ pub struct SyncLoop<B: NftBackend> {
     failures: u32,
     fast_path: Option<FastPath>,
     fast_path_tried: bool,
+    /// Sync even without changes (after a configuration reload).
+    force_sync: bool,
 }
 
 impl<B: NftBackend> SyncLoop<B> {
@@ -120,6 +135,7 @@ impl<B: NftBackend> SyncLoop<B> {
             failures: 0,
             fast_path: None,
             fast_path_tried: false,
+            force_sync: false,
             generation: 0,
         }
     }
@@ -146,11 +162,16 @@ impl<B: NftBackend> SyncLoop<B> {
     }
 
     /// Handles a control request. Blocking (netlink, bpf syscalls).
-    pub fn control(&mut self, request: &Control) {
+    pub fn control(&mut self, request: Control) {
+        if let Control::Reload(reload) = request {
+            self.reload(*reload);
+            return;
+        }
         let Some(fp) = self.fast_path.as_mut() else {
             return;
         };
         match request {
+            Control::Reload(_) => {}
             Control::InterfacesChanged => match fp.sync_interfaces() {
                 Ok(changes) => tracing::debug!(?changes, "pod interfaces synced"),
                 Err(e) => tracing::warn!(error = %e, "attaching to pod interfaces failed"),
@@ -160,6 +181,59 @@ impl<B: NftBackend> SyncLoop<B> {
                 Err(e) => tracing::warn!(error = %e, "collecting fast-path flows failed"),
             },
         }
+    }
+
+    /// Applies a new configuration: plan settings and the masquerade mark take a full sync;
+    /// the fast path changes mode in place, or is re-opened (adopting its pinned maps, so no
+    /// flow moves) when its interfaces or pin path change; timing applies from the next sync.
+    fn reload(&mut self, new: Reload) {
+        if *self.parts.planner.settings() != new.settings {
+            tracing::info!("configuration: plan settings changed; a full sync follows");
+            self.parts.planner = Planner::new(new.settings);
+            self.need_full = true;
+        }
+        if self.nft.mark() != new.mark {
+            tracing::info!("configuration: masquerade mark changed; a full sync follows");
+            self.nft.set_mark(new.mark);
+            self.need_full = true;
+        }
+        self.parts.udp_stale_entry_cleanup = new.udp_stale_entry_cleanup;
+        self.parts.timing.min_sync_period = new.min_sync_period;
+        self.parts.timing.sync_period = new.sync_period;
+        if self.parts.fast_path == new.fast_path {
+            return;
+        }
+        let same_attachments = match (&self.parts.fast_path, &new.fast_path) {
+            (Some(old), Some(new)) => {
+                old.node_interfaces == new.node_interfaces
+                    && old.pod_interfaces == new.pod_interfaces
+                    && old.pin_path == new.pin_path
+                    && old.xdp_mode == new.xdp_mode
+            }
+            _ => false,
+        };
+        match (&mut self.fast_path, &new.fast_path) {
+            (Some(fp), Some(cfg)) if same_attachments => {
+                tracing::info!(mode = %cfg.mode, "configuration: acceleration mode changed");
+                fp.set_mode(cfg.mode);
+            }
+            (Some(fp), None) => {
+                // Off, and nothing pinned to keep: leave what is attached serving the flows it
+                // has (new flows go to nftables).
+                tracing::info!("configuration: acceleration off");
+                fp.set_mode(crate::bpf::AccelerationMode::Off);
+            }
+            _ => {
+                // New interfaces or pin path (or the fast path was not running): open again at
+                // the next sync; pinned maps are adopted, so no established flow moves.
+                tracing::info!("configuration: fast path settings changed; re-opening it");
+                self.fast_path = None;
+                self.fast_path_tried = false;
+            }
+        }
+        self.parts.fast_path = new.fast_path;
+        // Write the hot services for the new mode even if nothing else changed.
+        self.force_sync = true;
     }
 
     /// Opens the fast path once, at the first sync (it needs the node's pod CIDRs). A
@@ -190,7 +264,7 @@ impl<B: NftBackend> SyncLoop<B> {
 
     /// Whether there is anything to sync.
     pub fn has_changes(&self) -> bool {
-        self.need_full || !self.dirty.is_empty()
+        self.need_full || self.force_sync || !self.dirty.is_empty()
     }
 
     /// Takes one event into the state.
@@ -362,6 +436,7 @@ impl<B: NftBackend> SyncLoop<B> {
         span.record("kind", report.kind.name());
         self.failures = 0;
         self.need_full = false;
+        self.force_sync = false;
         self.dirty.clear();
         if report.kind == SyncKind::Full {
             self.last_full = Some(Instant::now());
@@ -534,7 +609,7 @@ impl<B: NftBackend> SyncLoop<B> {
                     }
                 }
                 Some(request) = control.recv() => {
-                    tokio::task::block_in_place(|| self.control(&request));
+                    tokio::task::block_in_place(|| self.control(request));
                 }
                 () = sleep => {
                     retry_at = None;
