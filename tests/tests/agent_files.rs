@@ -74,6 +74,19 @@ fn the_daemon_follows_manifest_edits_and_reports_health() {
         "not served within 2 s\n{}",
         agent.log_text()
     );
+    // After start-up the agent keeps only what proxying needs: NET_ADMIN (12), PERFMON (38)
+    // and BPF (39), in its effective and bounding sets.
+    let want: u64 = (1 << 12) | (1 << 38) | (1 << 39);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(value, want, "{field} {value:#x}\n{}", agent.log_text());
+    }
+
     // An edit takes effect within 2 s (and leaves the LB Service with a remote endpoint
     // only).
     lab.write_manifests(&manifests(&lab, &["b1"], &["b1"]));

@@ -237,6 +237,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
             events,
             fast_path,
             udp_stale_entry_cleanup: config.udp_stale_entry_cleanup,
+            drop_capabilities: true,
             timing: Timing {
                 min_sync_period: config.min_sync_period,
                 sync_period: config.sync_period,

@@ -188,10 +188,13 @@ pub fn read_dir(dir: &Path) -> Result<Manifests, ReadError> {
                 s.spawn(move || {
                     let mut out = Manifests::default();
                     for path in files.iter().skip(t).step_by(threads) {
-                        let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+                        let bytes = std::fs::read(path).map_err(|source| ReadError {
                             path: path.clone(),
                             source,
                         })?;
+                        // Invalid UTF-8 (a stray byte in an annotation) must not cost every
+                        // object in the file: replace it and let the document be judged.
+                        let text = String::from_utf8_lossy(&bytes);
                         out.extend(parse_str(&text, &path.display().to_string()));
                     }
                     Ok(out)

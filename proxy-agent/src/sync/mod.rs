@@ -69,6 +69,9 @@ pub struct Parts {
     pub fast_path: Option<FastPathConfig>,
     pub udp_stale_entry_cleanup: bool,
     pub timing: Timing,
+    /// Drop every capability but those proxying needs after the first sync (which mounts
+    /// bpffs and opens the fast path).
+    pub drop_capabilities: bool,
 }
 
 /// Requests to the loop from other tasks.
@@ -545,6 +548,12 @@ impl<B: NftBackend> SyncLoop<B> {
         }
         self.report_problems(plan);
         self.service_health.update(plan);
+        if std::mem::take(&mut self.parts.drop_capabilities) {
+            match crate::host::drop_capabilities() {
+                Ok(()) => tracing::info!("dropped every capability but NET_ADMIN, BPF and PERFMON"),
+                Err(e) => tracing::warn!(error = %e, "could not drop capabilities"),
+            }
+        }
     }
 
     /// Sends an Event for every Service whose problems changed since the last report.

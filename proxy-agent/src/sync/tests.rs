@@ -44,6 +44,7 @@ fn sync_loop(events: Arc<RecordedEvents>) -> SyncLoop<FakeNft> {
             fast_path: None,
             udp_stale_entry_cleanup: false,
             timing: Timing::default(),
+            drop_capabilities: false,
         },
     )
 }
