@@ -15,7 +15,7 @@
 )]
 
 /// Version of the map layout. Stored in [`Meta::layout_version`] of the pinned `META` map.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Slots in every Maglev table (a prime, as Maglev needs). Each backend owns about
 /// `MAGLEV_SIZE / n` slots; 4093 keeps the imbalance under a few percent up to ~100 backends
@@ -28,8 +28,9 @@ pub const MAX_BACKENDS: usize = 512;
 
 /// Capacities of the maps (`max_entries`). Fixed in the object: they are part of the layout.
 pub mod capacity {
-    /// Service entries (VIP, port, protocol, scope).
-    pub const SERVICES: u32 = 65_536;
+    /// Service entries (VIP, port, protocol, scope): accelerated ones and, while the fast
+    /// path runs, a counting entry for every other IPv4 TCP/UDP service address.
+    pub const SERVICES: u32 = 131_072;
     /// Maglev tables: two revisions of up to 16k backend sets.
     pub const MAGLEV: u32 = 32_768;
     /// Backends over every set and revision.
@@ -38,8 +39,11 @@ pub mod capacity {
     pub const CONNECTIONS: u32 = 524_288;
     /// ClientIP affinity entries.
     pub const AFFINITY: u32 = 65_536;
-    /// Per-service counter slots (slot 0 is "none").
-    pub const SERVICE_STATS: u32 = 16_384;
+    /// Per-service counter slots (slot 0 is "none"), one per counted service port: 16 bytes
+    /// per slot and per CPU, so 512 KiB per CPU.
+    pub const SERVICE_STATS: u32 = 32_768;
+    /// Entries of `HP_PORTS`, the agent's record of each counted service port.
+    pub const PORTS: u32 = SERVICE_STATS;
 }
 
 /// Which programs consult a service entry.
@@ -62,6 +66,9 @@ pub mod set {
 pub mod service_flags {
     /// ClientIP session affinity, with [`super::ServiceValue::affinity_timeout_s`].
     pub const AFFINITY: u8 = 1;
+    /// Not accelerated: the programs only count the packet (in the entry's counter slot) and
+    /// pass it unchanged to nftables. Such an entry has no backend set.
+    pub const COUNT_ONLY: u8 = 2;
 }
 
 /// Values of [`FlowKey::dir`].
@@ -120,6 +127,50 @@ pub struct ServiceValue {
     pub flags: u8,
     /// Slot of the service's counters in `HP_SVC_STATS` (0: none).
     pub counter: u32,
+}
+
+/// Per-CPU value of `HP_SVC_STATS`: one service port's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounter {
+    /// Packets from clients to the service address, whichever path served them (the fast
+    /// path, or nftables after the programs passed them): what `auto` mode measures. Replies
+    /// are not counted, so the rate means the same on both paths.
+    pub seen_packets: u64,
+    /// Packets the fast path translated, both directions.
+    pub fast_packets: u64,
+}
+
+/// Longest service-port name `HP_PORTS` records (longer ones are cut).
+pub const PORT_NAME_LEN: usize = 160;
+
+/// Value of `HP_PORTS` (key: the service port's `ServicePortId`): what the agent decided
+/// for a counted service port, so that `proxy-agent status` can explain the maps without
+/// the agent. Written by the agent only; the programs never read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// `namespace/name port/PROTOCOL`, UTF-8, NUL-padded.
+    pub name: [u8; PORT_NAME_LEN],
+    /// Its slot in `HP_SVC_STATS`.
+    pub counter: u32,
+    /// Traffic from pods: 0 on the fast path, else the agent's code of why not.
+    pub pods: u8,
+    /// Traffic from outside (XDP): as `pods`.
+    pub external: u8,
+    pub _pad: u16,
+}
+
+impl Default for PortInfo {
+    fn default() -> Self {
+        Self {
+            name: [0; PORT_NAME_LEN],
+            counter: 0,
+            pods: 0,
+            external: 0,
+            _pad: 0,
+        }
+    }
 }
 
 /// Key of `MAGLEV`: one revision of one backend set.
@@ -203,7 +254,7 @@ pub struct FlowValue {
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
     pub _pad: u16,
-    /// The service's counter slot (0 for nftables-owned entries).
+    /// The service's counter slot (0: not counted).
     pub counter: u32,
 }
 
@@ -244,7 +295,7 @@ pub struct Meta {
     pub object_hash: u64,
 }
 
-/// Packet and byte counters: per-CPU values of `STATS` and `HP_SVC_STATS`.
+/// Packet and byte counters: per-CPU values of `STATS`.
 ///
 /// Every CPU increments its own copy without atomics (the BPF target has no atomic
 /// compare-and-swap), and the agent sums the copies.
@@ -337,7 +388,8 @@ pub mod map_names {
     pub const FLOWS: &str = "HP_FLOWS";
     pub const AFFINITY: &str = "HP_AFFINITY";
     pub const SERVICE_STATS: &str = "HP_SVC_STATS";
-    pub const ALL: [&str; 8] = [
+    pub const PORTS: &str = "HP_PORTS";
+    pub const ALL: [&str; 9] = [
         META,
         STATS,
         SERVICES,
@@ -346,6 +398,7 @@ pub mod map_names {
         FLOWS,
         AFFINITY,
         SERVICE_STATS,
+        PORTS,
     ];
 }
 
@@ -372,6 +425,8 @@ mod user {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::ServiceCounter {}
+    unsafe impl aya::Pod for super::PortInfo {}
 }
 
 #[cfg(test)]
@@ -384,7 +439,7 @@ mod tests {
     /// changes the layout, which needs a [`LAYOUT_VERSION`] bump.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(LAYOUT_VERSION, 2, "bump together with the sizes below");
+        assert_eq!(LAYOUT_VERSION, 3, "bump together with the sizes below");
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (8, 4));
         assert_eq!(
@@ -406,6 +461,14 @@ mod tests {
             (16, 8)
         );
         assert_eq!((size_of::<Meta>(), align_of::<Meta>()), (24, 8));
+        assert_eq!(
+            (size_of::<ServiceCounter>(), align_of::<ServiceCounter>()),
+            (16, 8)
+        );
+        assert_eq!(
+            (size_of::<PortInfo>(), align_of::<PortInfo>()),
+            (PORT_NAME_LEN + 8, 4)
+        );
     }
 
     #[test]

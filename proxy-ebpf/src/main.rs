@@ -10,6 +10,11 @@
 //!
 //! So the kernel, conntrack included, only ever sees the backend's tuple. Every packet the
 //! programs do not fully handle passes unchanged to the kernel, where nftables serves it.
+//!
+//! While the fast path runs, every IPv4 TCP/UDP service address has an entry in
+//! `HP_SERVICES`, accelerated or not: a `COUNT_ONLY` entry makes the programs count the
+//! packet in the service's per-CPU slot and pass it on unchanged. That is what `auto` mode
+//! measures to decide which services are hot, for those nftables serves too.
 //! The connection table (`HP_FLOWS`) is consulted before the service table, so a flow stays
 //! on the path and backend it started on whatever happens to the service afterwards.
 //!
@@ -43,8 +48,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counter, FLOW_REFRESH_NS, FlowKey, FlowValue,
-    MAGLEV_SIZE, MaglevKey, MaglevValue, Meta, ServiceKey, ServiceValue, StatIndex, capacity, dir,
-    owner, scope, service_flags, tcp,
+    MAGLEV_SIZE, MaglevKey, MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceValue,
+    StatIndex, capacity, dir, owner, scope, service_flags, tcp,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -86,12 +91,19 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(capacity::
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);
 
-/// Per-service per-CPU counters, in slots the agent assigns to promoted services (in the
-/// service entry, copied into each flow). An array, not a hash keyed by service: its lookup
-/// is inlined by the verifier, which saves a third of an established packet's cost.
+/// Per-service per-CPU counters, in slots the agent assigns to every counted service port
+/// (in the service entry, copied into each flow). An array, not a hash keyed by service: its
+/// lookup is inlined by the verifier, which saves a third of an established packet's cost.
 #[map(name = "HP_SVC_STATS")]
-static SERVICE_STATS: PerCpuArray<Counter> =
+static SERVICE_STATS: PerCpuArray<ServiceCounter> =
     PerCpuArray::with_max_entries(capacity::SERVICE_STATS, 0);
+
+/// The agent's record of each counted service port (name, decision), for `proxy-agent
+/// status` without the agent. The programs never touch it; it is declared here so that it
+/// is created and pinned with the other maps.
+#[map(name = "HP_PORTS")]
+static PORTS: HashMap<u64, PortInfo> =
+    HashMap::with_max_entries(capacity::PORTS, BPF_F_NO_PREALLOC);
 
 // ---------------------------------------------------------------------------------------------
 // Packet layout.
@@ -222,16 +234,22 @@ fn count(slot: StatIndex, bytes: usize) {
     }
 }
 
+/// Counts a packet of a service port: `seen` for a packet from a client (whichever path
+/// serves it), `fast` for a packet the fast path translates.
 #[inline(always)]
-fn count_service(slot: u32, bytes: usize) {
+fn count_service(slot: u32, seen: bool, fast: bool) {
     if slot == 0 {
         return;
     }
     if let Some(c) = SERVICE_STATS.get_ptr_mut(slot) {
-        // SAFETY: this CPU's own copy of a per-CPU hash map value.
+        // SAFETY: this CPU's own copy of a per-CPU array value.
         unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes as u64;
+            if seen {
+                (*c).seen_packets += 1;
+            }
+            if fast {
+                (*c).fast_packets += 1;
+            }
         }
     }
 }
@@ -362,10 +380,11 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         let (owner, nat, slot) = unsafe { ((*v).owner, (*v).nat, (*v).counter) };
         if owner != owner::FAST {
             count(StatIndex::NftablesOwned, bytes);
+            count_service(slot, true, false);
             return None;
         }
         count(StatIndex::FlowHit, bytes);
-        count_service(slot, bytes);
+        count_service(slot, true, true);
         return Some(nat);
     }
     let svc = SERVICES.get_ptr(ServiceKey {
@@ -376,6 +395,11 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
     })?;
     // SAFETY: a live map value, copied at once.
     let svc = unsafe { *svc };
+    count_service(svc.counter, true, false);
+    if svc.flags & service_flags::COUNT_ONLY != 0 {
+        // Served by nftables: counted, passed unchanged.
+        return None;
+    }
     if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) != tcp::SYN {
         // Only a SYN starts a fast-path TCP flow: anything else is either a flow nftables
         // started (before the service was promoted) or garbage for conntrack to judge.
@@ -392,6 +416,20 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         count(StatIndex::Hairpin, bytes);
         return None;
     }
+    record(key, pkt, &svc, backend, now, bytes)
+}
+
+/// Records a new fast-path flow (reply entry first, so that a reply never finds the flow
+/// half-recorded) and returns its backend; `None` when it must go to nftables instead.
+#[inline(always)]
+fn record(
+    key: FlowKey,
+    pkt: &Packet,
+    svc: &ServiceValue,
+    backend: Backend,
+    now: u64,
+    bytes: usize,
+) -> Option<Backend> {
     let rkey = FlowKey {
         src: backend.addr,
         dst: pkt.saddr,
@@ -452,7 +490,7 @@ fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
         return None;
     }
     count(StatIndex::NewFlow, bytes);
-    count_service(svc.counter, bytes);
+    count_service(svc.counter, false, true);
     Some(backend)
 }
 
@@ -476,7 +514,7 @@ fn reply(pkt: &Packet, bytes: usize) -> Option<Backend> {
         return None;
     }
     count(StatIndex::ReplyTranslated, bytes);
-    count_service(slot, bytes);
+    count_service(slot, false, true);
     Some(nat)
 }
 

@@ -113,7 +113,9 @@ fn clusterip_tcp_flow_is_dnated_followed_and_reverse_translated() {
     assert_eq!(t.stat(StatIndex::FlowHit), 3);
     assert_eq!(t.stat(StatIndex::ReplyTranslated), 1);
     let id = report.ports[0].id;
-    assert_eq!(t.counters().service(id).packets, 5, "per-service counter");
+    let c = t.counters().service(id);
+    assert_eq!(c.fast_packets, 5, "translated, both directions");
+    assert_eq!(c.seen_packets, 4, "from the client");
 }
 
 #[test]
@@ -613,4 +615,56 @@ fn adding_a_backend_moves_about_one_flow_in_n() {
         to_new * 10 >= moved * 7,
         "{to_new} of {moved} moved flows went to the new backend"
     );
+}
+
+#[test]
+fn counting_entries_count_packets_nftables_serves_and_pass_them_unchanged() {
+    if !root("counting_entries") {
+        return;
+    }
+    // Mode annotated, nothing annotated: the cluster IP is only counted (TC); eTP Cluster
+    // node-port traffic is only counted at XDP in any mode.
+    let mut t = TestDatapath::load(AccelerationMode::Annotated, capacity::CONNECTIONS);
+    let report = t.apply(&nodeport_plan(false, &three_endpoints()));
+    assert_eq!(report.accelerated_ports(), 0, "{report}");
+    assert_eq!(
+        report.counted_only, 5,
+        "cluster IP, node port and LB IP: {report}"
+    );
+    let id = report.ports[0].id;
+    let pod = sa(&format!("{CLIENT}:40000"));
+    for flags in [TCP_SYN, TCP_ACK, TCP_ACK] {
+        let frame = Frame::tcp(pod, sa(&format!("{VIP}:80")), flags).build();
+        assert_eq!(t.from_pod(&frame).frame, frame, "passed unchanged");
+    }
+    let frame = Frame::tcp(sa("192.168.1.100:50000"), sa("192.168.1.10:30080"), TCP_SYN).build();
+    assert_eq!(t.xdp(&frame).frame, frame, "passed unchanged");
+    // A reply nftables translated back is not counted (rates mean the same on both paths).
+    let reply = Frame::tcp(sa(&format!("{VIP}:80")), pod, TCP_SYN | TCP_ACK).build();
+    assert_eq!(t.to_client(&reply).frame, reply);
+    let c = t.counters().service(id);
+    assert_eq!((c.seen_packets, c.fast_packets), (4, 0));
+    assert_eq!(t.stat(StatIndex::NewFlow), 0);
+    assert_eq!(t.stat(StatIndex::NotFirstPacket), 0);
+
+    // Promoted (mode all): new flows are served and counted on both counters; the flow
+    // nftables started (no SYN seen by the fast path) still passes and is counted as seen.
+    t.syncer.mode = AccelerationMode::All;
+    t.apply(&nodeport_plan(false, &three_endpoints()));
+    let ack = Frame::tcp(pod, sa(&format!("{VIP}:80")), TCP_ACK).build();
+    assert_eq!(t.from_pod(&ack).frame, ack);
+    let syn = Frame::tcp(
+        sa(&format!("{CLIENT}:40001")),
+        sa(&format!("{VIP}:80")),
+        TCP_SYN,
+    )
+    .build();
+    assert_ne!(t.from_pod(&syn).frame, syn, "a new flow is translated");
+    let c = t.counters().service(id);
+    assert_eq!((c.seen_packets, c.fast_packets), (6, 1));
+    // Mode off: no counting entries are left.
+    t.syncer.mode = AccelerationMode::Off;
+    let report = t.apply(&nodeport_plan(false, &three_endpoints()));
+    assert_eq!(report.counted_only, 0);
+    assert!(t.dp.maps.services().unwrap().is_empty());
 }

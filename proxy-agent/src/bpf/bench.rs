@@ -80,6 +80,9 @@ pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: usize) -> 
     f
 }
 
+/// The address of the service that is only counted.
+const COUNTED: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 97, 0, 1), 53);
+
 fn vip(i: usize) -> Ipv4Addr {
     let i = u32::try_from(i).expect("fewer than 2^32 services");
     Ipv4Addr::from(0x0a60_0000 + i + 1)
@@ -108,6 +111,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                     set,
                     affinity_timeout: None,
                     protocol: Protocol::Udp,
+                    count_only: false,
                 },
             );
         }
@@ -131,6 +135,21 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                     8080,
                 ),
             ],
+        );
+    }
+    // A service nftables serves: the programs only count its packets.
+    for key_scope in [scope::POD, scope::EXTERNAL] {
+        desired.services.insert(
+            writes::service_key(COUNTED.0, COUNTED.1, Protocol::Udp, key_scope),
+            DesiredService {
+                set: SetId {
+                    id: 3,
+                    set: proxy_common::set::CLUSTER,
+                },
+                affinity_timeout: None,
+                protocol: Protocol::Udp,
+                count_only: true,
+            },
         );
     }
     let (w, _) = writes::plan_writes(&writes::ServiceMaps::default(), &desired, 1);
@@ -181,7 +200,8 @@ fn run_median(
 
 /// Measures the programs' cost per packet with `services` services loaded: a packet of an
 /// established flow through XDP and TC ingress (translated every run), a reply through TC
-/// egress, and a packet to no service through XDP.
+/// egress, a packet to no service through XDP, and a packet to a service nftables serves
+/// (only counted) through XDP and TC ingress.
 pub fn prog_cost(services: usize, repeat: u32, rounds: u32) -> Result<Vec<ProgCost>, BpfError> {
     let mut dp = Datapath::load(
         embedded_object()?,
@@ -193,10 +213,17 @@ pub fn prog_cost(services: usize, repeat: u32, rounds: u32) -> Result<Vec<ProgCo
     let to_vip = udp_frame(client, (vip(0), 53), 64);
     let reply = udp_frame((Ipv4Addr::new(10, 244, 0, 2), 5353), client, 64);
     let to_nothing = udp_frame(client, (Ipv4Addr::new(192, 0, 2, 1), 9), 64);
-    let cases: [(&'static str, &'static str, &[u8]); 4] = [
+    let to_counted = udp_frame(client, COUNTED, 64);
+    let cases: [(&'static str, &'static str, &[u8]); 6] = [
         (program_names::XDP, "established flow, DNAT", &to_vip),
         (program_names::XDP, "no service", &to_nothing),
+        (program_names::XDP, "counted, to nftables", &to_counted),
         (program_names::TC_INGRESS, "established flow, DNAT", &to_vip),
+        (
+            program_names::TC_INGRESS,
+            "counted, to nftables",
+            &to_counted,
+        ),
         (program_names::TC_EGRESS, "reply, reverse NAT", &reply),
     ];
     let mut out = Vec::new();

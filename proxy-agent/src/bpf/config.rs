@@ -14,6 +14,9 @@ pub enum AccelerationMode {
     Off,
     /// Services annotated `hybrid-proxy.io/acceleration: "on"`.
     Annotated,
+    /// Services whose measured packet rate makes them hot (see [`AutoThresholds`] and
+    /// [`super::policy`]), and those annotated `"on"`.
+    Auto,
     /// Every service that can be (an annotation `"off"` still keeps one out).
     All,
 }
@@ -23,6 +26,7 @@ impl fmt::Display for AccelerationMode {
         f.write_str(match self {
             Self::Off => "off",
             Self::Annotated => "annotated",
+            Self::Auto => "auto",
             Self::All => "all",
         })
     }
@@ -81,11 +85,36 @@ impl Default for FlowTimeouts {
     }
 }
 
+/// The `auto` mode's policy settings (`acceleration.auto.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoThresholds {
+    /// A service port whose rate of packets from clients is above this is promoted.
+    pub promote_above_pps: f64,
+    /// A promoted service port whose rate falls below this is demoted (lower than
+    /// `promote_above_pps`: hysteresis).
+    pub demote_below_pps: f64,
+    /// A service port stays at least this long on a path before the policy moves it again.
+    pub min_dwell: Duration,
+    /// At most this many service ports promoted by the policy (0: as many as the maps hold).
+    pub max_services: u32,
+}
+
+impl Default for AutoThresholds {
+    fn default() -> Self {
+        Self {
+            promote_above_pps: 1000.0,
+            demote_below_pps: 200.0,
+            min_dwell: Duration::from_secs(30),
+            max_services: 0,
+        }
+    }
+}
+
 /// Where pinned objects live unless configured otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/hybrid-proxy";
 
 /// The fast path's configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FastPathConfig {
     pub mode: AccelerationMode,
     /// Node (external) interfaces: XDP for north-south traffic, TC egress for its replies.
@@ -101,6 +130,7 @@ pub struct FastPathConfig {
     /// created; a changed value takes effect after `proxy-agent cleanup`.
     pub flow_entries: u32,
     pub flow_timeouts: FlowTimeouts,
+    pub auto: AutoThresholds,
 }
 
 impl Default for FastPathConfig {
@@ -113,6 +143,7 @@ impl Default for FastPathConfig {
             xdp_mode: XdpAttachMode::Auto,
             flow_entries: proxy_common::capacity::CONNECTIONS,
             flow_timeouts: FlowTimeouts::default(),
+            auto: AutoThresholds::default(),
         }
     }
 }

@@ -11,8 +11,17 @@
 //! A path is accelerated only when every first packet it would capture gets exactly the
 //! translation `plan::route` prescribes: DNAT to one of the same endpoints, no SNAT. Anything
 //! else stays on nftables, with the reason reported.
+//!
+//! In `auto` mode the choice among eligible ports is the hot-service policy's
+//! ([`super::policy`]), handed in as an [`AutoChoice`]; an annotation still wins both ways.
+//! Whatever the mode (but `off`), every IPv4 TCP/UDP port is also *counted*: its addresses
+//! get counting entries wherever they are not accelerated (see [`PortEligibility::counted`]).
 
-use std::{fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use super::config::AccelerationMode;
 use crate::{
@@ -44,6 +53,55 @@ pub enum Reason {
     SourceRanges,
     /// The port has no node port, load-balancer IP or external IP.
     NoExternalAddress,
+    /// `auto`: the packet rate is not above `promoteAbovePps` (or was not measured yet).
+    Cold,
+    /// `auto`: hot, but it moved less than `minDwell` ago.
+    Dwell,
+    /// `auto`: hot, but the fast path holds as many services as it may (`maxServices`, or
+    /// the maps' capacity).
+    Capacity,
+}
+
+impl Reason {
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 14] = [
+        Self::ModeOff,
+        Self::NotAnnotated,
+        Self::AnnotationOff,
+        Self::Sctp,
+        Self::Ipv6,
+        Self::NoEndpoints,
+        Self::NoLocalEndpoints,
+        Self::NeedsSnat,
+        Self::TooManyEndpoints,
+        Self::SourceRanges,
+        Self::NoExternalAddress,
+        Self::Cold,
+        Self::Dwell,
+        Self::Capacity,
+    ];
+
+    /// The code recorded in the pinned `HP_PORTS` map (0 means "on the fast path").
+    pub fn code(self) -> u8 {
+        let index = Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("every reason is listed");
+        u8::try_from(index + 1).expect("few reasons")
+    }
+
+    /// The reason of a recorded code; `None` for 0 (accelerated) and unknown codes.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
+/// A decision as recorded in `HP_PORTS`: 0 for accelerated, else the reason's code.
+pub fn decision_code(d: &Decision) -> u8 {
+    match d {
+        Ok(_) => 0,
+        Err(r) => r.code(),
+    }
 }
 
 impl fmt::Display for Reason {
@@ -60,6 +118,9 @@ impl fmt::Display for Reason {
             Self::TooManyEndpoints => "too many endpoints",
             Self::SourceRanges => "source ranges",
             Self::NoExternalAddress => "no external address",
+            Self::Cold => "auto: not hot",
+            Self::Dwell => "auto: hot, waiting minDwell",
+            Self::Capacity => "auto: hot, fast path full",
         })
     }
 }
@@ -100,6 +161,40 @@ pub struct Accelerated {
 /// One path's decision.
 pub type Decision = Result<Accelerated, Reason>;
 
+/// The service addresses of a port that the programs count, by scope: those of every IPv4
+/// TCP/UDP port while the mode is not `off`, accelerated or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Addresses pods reach (TC ingress): the cluster IP and the external addresses.
+    pub pods: Vec<(IpAddr, u16)>,
+    /// Addresses clients outside reach (XDP): node ports, load-balancer IPs, external IPs.
+    pub external: Vec<(IpAddr, u16)>,
+}
+
+impl Counted {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.external.is_empty()
+    }
+}
+
+/// What the `auto` policy chose: the promoted service ports, and why each other one it
+/// knows of is not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AutoChoice {
+    pub promoted: BTreeSet<ServicePortId>,
+    pub held: BTreeMap<ServicePortId, Reason>,
+}
+
+impl AutoChoice {
+    fn gate(&self, id: ServicePortId) -> Option<Reason> {
+        if self.promoted.contains(&id) {
+            None
+        } else {
+            Some(self.held.get(&id).copied().unwrap_or(Reason::Cold))
+        }
+    }
+}
+
 /// The decisions for one service port in one family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortEligibility {
@@ -110,13 +205,46 @@ pub struct PortEligibility {
     pub port: u16,
     pub family: IpFamily,
     pub affinity_timeout: Option<u32>,
+    /// Annotated `hybrid-proxy.io/acceleration`.
+    pub annotation: AccelerationAnnotation,
     pub pods: Decision,
     pub external: Decision,
+    pub counted: Counted,
 }
 
 impl PortEligibility {
     pub fn any_accelerated(&self) -> bool {
         self.pods.is_ok() || self.external.is_ok()
+    }
+
+    /// `namespace/name port/PROTOCOL`, as `HP_PORTS` records it.
+    pub fn label(&self) -> String {
+        let port = if self.port_name.is_empty() {
+            self.port.to_string()
+        } else {
+            format!("{}({})", self.port_name, self.port)
+        };
+        format!("{} {port}/{}", self.service, self.protocol)
+    }
+
+    /// Backend entries the accelerated paths need (one per endpoint per set).
+    pub fn backend_entries(&self) -> usize {
+        let mut sets: Vec<(EndpointSet, usize)> = Vec::new();
+        for a in [&self.pods, &self.external].into_iter().flatten() {
+            if !sets.iter().any(|(s, _)| *s == a.set) {
+                sets.push((a.set, a.endpoints.len()));
+            }
+        }
+        sets.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Backend sets the accelerated paths need.
+    pub fn sets(&self) -> usize {
+        match (&self.pods, &self.external) {
+            (Ok(a), Ok(b)) if a.set != b.set => 2,
+            (Err(_), Err(_)) => 0,
+            _ => 1,
+        }
     }
 }
 
@@ -154,8 +282,19 @@ impl fmt::Display for PortEligibility {
     }
 }
 
-/// Decides every service port of the plan, in plan order.
+/// Decides every service port of the plan, in plan order. In `auto` mode no port is
+/// promoted (see [`decide_auto`]).
 pub fn decide(plan: &ProxyPlan, mode: AccelerationMode) -> Vec<PortEligibility> {
+    decide_auto(plan, mode, &AutoChoice::default())
+}
+
+/// Decides every service port of the plan, in plan order; in `auto` mode the ports `choice`
+/// promotes (and those annotated `"on"`) are accelerated where they are eligible.
+pub fn decide_auto(
+    plan: &ProxyPlan,
+    mode: AccelerationMode,
+    choice: &AutoChoice,
+) -> Vec<PortEligibility> {
     let mut out = Vec::new();
     for (svc, port) in plan.ports() {
         for fam in &port.families {
@@ -165,6 +304,7 @@ pub fn decide(plan: &ProxyPlan, mode: AccelerationMode) -> Vec<PortEligibility> 
                 fam,
                 plan.node.family(fam.family),
                 mode,
+                choice,
             ));
         }
     }
@@ -176,6 +316,7 @@ fn service_gate(
     port: &ServicePortPlan,
     fam: &FamilyPlan,
     mode: AccelerationMode,
+    choice: &AutoChoice,
 ) -> Option<Reason> {
     if svc.acceleration == AccelerationAnnotation::Off {
         return Some(Reason::AnnotationOff);
@@ -185,8 +326,18 @@ fn service_gate(
         AccelerationMode::Annotated if svc.acceleration != AccelerationAnnotation::On => {
             return Some(Reason::NotAnnotated);
         }
+        AccelerationMode::Auto if svc.acceleration != AccelerationAnnotation::On => {
+            if let Some(reason) = choice.gate(port.id) {
+                // Protocol and family come first: they are the more lasting reasons.
+                return Some(unsupported(port, fam).unwrap_or(reason));
+            }
+        }
         _ => {}
     }
+    unsupported(port, fam)
+}
+
+fn unsupported(port: &ServicePortPlan, fam: &FamilyPlan) -> Option<Reason> {
     if port.protocol == Protocol::Sctp {
         return Some(Reason::Sctp);
     }
@@ -250,6 +401,7 @@ fn decide_port(
     fam: &FamilyPlan,
     node: &FamilyNodePlan,
     mode: AccelerationMode,
+    choice: &AutoChoice,
 ) -> PortEligibility {
     let mut result = PortEligibility {
         service: svc.name.clone(),
@@ -259,10 +411,15 @@ fn decide_port(
         port: port.port,
         family: fam.family,
         affinity_timeout: port.affinity_timeout,
+        annotation: svc.acceleration,
         pods: Err(Reason::ModeOff),
         external: Err(Reason::ModeOff),
+        counted: Counted::default(),
     };
-    if let Some(reason) = service_gate(svc, port, fam, mode) {
+    if mode != AccelerationMode::Off && unsupported(port, fam).is_none() {
+        result.counted = counted_addresses(port, fam, node);
+    }
+    if let Some(reason) = service_gate(svc, port, fam, mode, choice) {
         result.pods = Err(reason);
         result.external = Err(reason);
         return result;
@@ -311,6 +468,19 @@ fn decide_pods(
         set,
         endpoints: endpoints.to_vec(),
     })
+}
+
+/// Every address of a port, source ranges or not: counting changes nothing for a packet.
+fn counted_addresses(port: &ServicePortPlan, fam: &FamilyPlan, node: &FamilyNodePlan) -> Counted {
+    let mut external = Vec::new();
+    if let Some(np) = port.node_port {
+        external.extend(node_port_addresses(node).into_iter().map(|ip| (ip, np)));
+    }
+    external.extend(fam.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
+    external.extend(fam.external_ips.iter().map(|ip| (*ip, port.port)));
+    let mut pods = vec![(fam.cluster_ip, port.port)];
+    pods.extend_from_slice(&external);
+    Counted { pods, external }
 }
 
 fn decide_external(fam: &FamilyPlan, addresses: Vec<(IpAddr, u16)>, restricted: bool) -> Decision {

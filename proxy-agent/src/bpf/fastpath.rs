@@ -1,21 +1,31 @@
 //! The fast path as the agent drives it: open (load or adopt, attach, pin), apply a plan,
 //! collect ended flows, follow pod interfaces, report status.
 
-use std::{collections::BTreeSet, fmt, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+    time::Duration,
+};
 
 use ipnet::{IpNet, Ipv4Net};
-use proxy_common::{LAYOUT_VERSION, Meta};
+use proxy_common::{LAYOUT_VERSION, Meta, StatIndex, service_flags};
 
 use super::{
-    config::{AccelerationMode, FastPathConfig, PodInterfaces},
+    config::{AccelerationMode, AutoThresholds, FastPathConfig, PodInterfaces},
     eligibility::PortEligibility,
     kernel::{self, Attachment, Datapath, Hook},
     netlink,
     object::{BpfError, embedded_object},
+    policy::{AutoPolicy, Capacity, Changes},
     reconcile::{self, ApplyReport, Counters, GcReport, KernelConntrack, Syncer},
     store::{self, MapStore as _},
 };
-use crate::plan::ProxyPlan;
+use crate::plan::{ProxyPlan, ServicePortId};
+
+/// How often the daemon should call [`FastPath::observe`] in `auto` mode: the window over
+/// which packet rates are averaged.
+pub const OBSERVE_PERIOD: Duration = Duration::from_secs(2);
 
 /// The attached, pinned fast path.
 pub struct FastPath {
@@ -30,6 +40,56 @@ pub struct FastPath {
     /// Why the pinned state was thrown away at open, if it was.
     rebuilt: Option<String>,
     adopted: bool,
+    policy: AutoPolicy,
+    /// Entries of the connection table at the last garbage collection.
+    flows_at_gc: Option<usize>,
+}
+
+/// What one [`FastPath::observe`] did.
+#[derive(Clone, Debug, Default)]
+pub struct ObserveReport {
+    /// Ports the policy moved (empty outside `auto` mode).
+    pub changes: Changes,
+    /// The re-apply that moved them, if anything moved.
+    pub applied: Option<ApplyReport>,
+}
+
+impl fmt::Display for ObserveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |v: &[ServicePortId]| {
+            v.iter()
+                .map(|i| format!("{:016x}", i.0))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        write!(
+            f,
+            "auto: promoted [{}], demoted [{}]",
+            ids(&self.changes.promoted),
+            ids(&self.changes.demoted)
+        )
+    }
+}
+
+/// The figures the daemon exports as `hybrid_proxy_fastpath_*` metrics (cheap to read:
+/// no walk of the connection table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastPathGauges {
+    pub mode: AccelerationMode,
+    pub generation: u64,
+    /// Service ports accelerated on at least one path.
+    pub accelerated_ports: usize,
+    /// Service ports counted (every IPv4 TCP/UDP one while the mode is not `off`).
+    pub counted_ports: usize,
+    /// Entries of the connection table at the last garbage collection.
+    pub flows: Option<usize>,
+    pub flow_capacity: u32,
+    /// The programs' counters (cumulative).
+    pub stats: Vec<(StatIndex, u64)>,
+    pub attachments: usize,
+    pub interface_errors: usize,
+    /// `auto`: hot ports held back because the fast path is full.
+    pub held_for_capacity: usize,
 }
 
 /// What [`FastPath::sync_interfaces`] changed.
@@ -51,6 +111,8 @@ pub struct FastPathStatus {
     pub interface_errors: Vec<(String, String)>,
     pub ports: Vec<PortEligibility>,
     pub counters: Counters,
+    /// `auto`: the rate the policy last measured of each port it considers.
+    pub rates: BTreeMap<ServicePortId, f64>,
     pub flows: usize,
     pub flow_capacity: u32,
 }
@@ -77,7 +139,15 @@ impl fmt::Display for FastPathStatus {
         }
         for p in &self.ports {
             let c = self.counters.service(p.id);
-            writeln!(f, "  {p} [{} packets]", c.packets)?;
+            write!(
+                f,
+                "  {p} [{} packets seen, {} on the fast path",
+                c.seen_packets, c.fast_packets
+            )?;
+            if let Some(r) = self.rates.get(&p.id) {
+                write!(f, ", {r:.0} pps")?;
+            }
+            writeln!(f, "]")?;
         }
         for (i, c) in &self.counters.stats {
             writeln!(f, "  {}: {} packets", i.name(), c.packets)?;
@@ -168,6 +238,21 @@ impl FastPath {
             }
         }
         let mut datapath = Datapath::load(object, Some(pin), config.flow_entries)?;
+        let mut policy = AutoPolicy::new(
+            config.auto.clone(),
+            Capacity::of_maps(config.auto.max_services),
+        );
+        if adopted && config.mode == AccelerationMode::Auto {
+            // What the previous agent accelerated stays (for `min_dwell`) until measured.
+            let maps = store::read_service_maps(&datapath.maps)?;
+            policy.adopt(
+                maps.services
+                    .values()
+                    .filter(|v| v.flags & service_flags::COUNT_ONLY == 0)
+                    .map(|v| ServicePortId(v.id)),
+                now(),
+            );
+        }
         let old = datapath.maps.meta()?;
         datapath.maps.set_meta(Meta {
             layout_version: LAYOUT_VERSION,
@@ -184,6 +269,8 @@ impl FastPath {
             interface_errors: Vec::new(),
             rebuilt,
             adopted,
+            policy,
+            flows_at_gc: None,
         };
         // Egress before ingress everywhere: an interface must never translate a client's
         // packets without being able to translate the replies.
@@ -274,6 +361,7 @@ impl FastPath {
     /// `generation`. On failure the maps may hold part of the writes (never a half-written
     /// backend set, see `writes`); the next call re-reads them and converges.
     pub fn apply(&mut self, plan: &ProxyPlan, generation: u64) -> Result<ApplyReport, BpfError> {
+        self.syncer.auto.clone_from(self.policy.choice());
         self.syncer.sync(
             &mut self.datapath.maps,
             &mut KernelConntrack,
@@ -283,10 +371,100 @@ impl FastPath {
     }
 
     /// Changes the acceleration mode; the next [`FastPath::apply`] promotes and demotes
-    /// accordingly (demoted flows finish on the fast path).
+    /// accordingly (demoted flows finish on the fast path). Switching to `auto` keeps what
+    /// is accelerated for `min_dwell`, then the measured rates decide.
     pub fn set_mode(&mut self, mode: AccelerationMode) {
+        if mode == AccelerationMode::Auto && self.config.mode != AccelerationMode::Auto {
+            self.policy.adopt(self.syncer.accelerated(), now());
+        }
         self.config.mode = mode;
         self.syncer.mode = mode;
+    }
+
+    /// The acceleration mode in force.
+    pub fn mode(&self) -> AccelerationMode {
+        self.config.mode
+    }
+
+    /// New `auto` settings (a configuration reload); they apply from the next
+    /// [`FastPath::observe`].
+    pub fn set_auto_thresholds(&mut self, auto: AutoThresholds) {
+        let capacity = Capacity::of_maps(auto.max_services);
+        self.policy.set_thresholds(auto.clone(), capacity);
+        self.config.auto = auto;
+    }
+
+    /// In `auto` mode: reads the per-service counters, lets the policy decide, and when it
+    /// moved anything re-applies `plan` (the last plan applied, at its `generation`). Call it
+    /// every [`OBSERVE_PERIOD`]; outside `auto` mode it does nothing.
+    pub fn observe(
+        &mut self,
+        plan: &ProxyPlan,
+        generation: u64,
+    ) -> Result<ObserveReport, BpfError> {
+        self.observe_at(now(), plan, generation)
+    }
+
+    /// [`FastPath::observe`] at a given monotonic time (for tests driving the clock).
+    pub fn observe_at(
+        &mut self,
+        now: Duration,
+        plan: &ProxyPlan,
+        generation: u64,
+    ) -> Result<ObserveReport, BpfError> {
+        if self.config.mode != AccelerationMode::Auto {
+            return Ok(ObserveReport::default());
+        }
+        let slots = self.syncer.counter_slots();
+        let mut seen = BTreeMap::new();
+        for c in self.syncer.candidates() {
+            if let Some(slot) = slots.get(&c.id.0).filter(|s| **s != 0) {
+                seen.insert(c.id, self.datapath.maps.counter(*slot)?.seen_packets);
+            }
+        }
+        let candidates = self.syncer.candidates().to_vec();
+        let changes = self.policy.observe(now, &candidates, &seen);
+        let applied = if changes.is_empty() {
+            None
+        } else {
+            Some(self.apply(plan, generation)?)
+        };
+        Ok(ObserveReport { changes, applied })
+    }
+
+    /// The figures for the `hybrid_proxy_fastpath_*` metrics.
+    pub fn gauges(&self) -> Result<FastPathGauges, BpfError> {
+        let maps = &self.datapath.maps;
+        let stats = maps.stats()?;
+        Ok(FastPathGauges {
+            mode: self.config.mode,
+            generation: maps.meta()?.generation,
+            accelerated_ports: self
+                .syncer
+                .ports()
+                .iter()
+                .filter(|p| p.any_accelerated())
+                .map(|p| p.id)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            counted_ports: self.syncer.counter_slots().len(),
+            flows: self.flows_at_gc,
+            flow_capacity: maps.flow_capacity(),
+            stats: StatIndex::ALL
+                .iter()
+                .zip(stats)
+                .map(|(i, c)| (*i, c.packets))
+                .collect(),
+            attachments: self.attachments.len(),
+            interface_errors: self.interface_errors.len(),
+            held_for_capacity: self
+                .policy
+                .choice()
+                .held
+                .values()
+                .filter(|r| **r == super::Reason::Capacity)
+                .count(),
+        })
     }
 
     /// Removes flows idle longer than the configured timeouts. Run it periodically (the
@@ -299,6 +477,7 @@ impl FastPath {
             store::monotonic_ns(),
         )?;
         self.syncer.release_counters(&report);
+        self.flows_at_gc = Some(report.entries - report.removed);
         Ok(report)
     }
 
@@ -314,6 +493,12 @@ impl FastPath {
             interface_errors: self.interface_errors.clone(),
             ports: self.syncer.ports().to_vec(),
             counters: Counters::read(maps, self.syncer.counter_slots())?,
+            rates: self
+                .syncer
+                .candidates()
+                .iter()
+                .filter_map(|c| self.policy.rate(c.id).map(|r| (c.id, r)))
+                .collect(),
             flows: maps.flows()?.len(),
             flow_capacity: maps.flow_capacity(),
         })
@@ -327,6 +512,11 @@ impl FastPath {
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }
+}
+
+/// The monotonic clock the policy runs on.
+fn now() -> Duration {
+    Duration::from_nanos(store::monotonic_ns())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

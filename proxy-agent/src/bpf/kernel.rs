@@ -20,7 +20,8 @@ use aya::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counter, FlowKey, FlowValue, LAYOUT_VERSION,
-    MaglevKey, MaglevValue, Meta, ServiceKey, ServiceValue, StatIndex, map_names, program_names,
+    MaglevKey, MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceValue, StatIndex,
+    map_names, program_names,
 };
 
 use super::{
@@ -40,7 +41,8 @@ pub struct KernelMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    service_stats: PerCpuArray<MapData, Counter>,
+    service_stats: PerCpuArray<MapData, ServiceCounter>,
+    ports: HashMap<MapData, u64, PortInfo>,
     nr_cpus: usize,
     flow_capacity: u32,
 }
@@ -72,6 +74,32 @@ fn sum(values: &PerCpuValues<Counter>) -> Counter {
     })
 }
 
+fn sum_service(values: &PerCpuValues<ServiceCounter>) -> ServiceCounter {
+    values
+        .iter()
+        .fold(ServiceCounter::default(), |a, c| ServiceCounter {
+            seen_packets: a.seen_packets + c.seen_packets,
+            fast_packets: a.fast_packets + c.fast_packets,
+        })
+}
+
+fn nr_cpus() -> Result<usize, BpfError> {
+    aya::util::nr_cpus().map_err(|(_, e)| BpfError::Io {
+        what: "counting CPUs",
+        source: e,
+    })
+}
+
+fn from_pin<T: TryFrom<Map, Error = MapError>>(
+    pin: &Path,
+    name: &'static str,
+    wrap: fn(MapData) -> Map,
+) -> Result<T, BpfError> {
+    let data = MapData::from_pin(pin.join("maps").join(name))
+        .map_err(|source| BpfError::Map { name, source })?;
+    T::try_from(wrap(data)).map_err(|source| BpfError::Map { name, source })
+}
+
 impl KernelMaps {
     fn take_all(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         let flows: HashMap<MapData, FlowKey, FlowValue> = typed(ebpf, map_names::FLOWS)?;
@@ -85,10 +113,30 @@ impl KernelMaps {
             flows,
             affinity: typed(ebpf, map_names::AFFINITY)?,
             service_stats: typed(ebpf, map_names::SERVICE_STATS)?,
-            nr_cpus: aya::util::nr_cpus().map_err(|(_, e)| BpfError::Io {
-                what: "counting CPUs",
-                source: e,
-            })?,
+            ports: typed(ebpf, map_names::PORTS)?,
+            nr_cpus: nr_cpus()?,
+            flow_capacity,
+        })
+    }
+
+    /// Opens the maps pinned under `pin` without loading or attaching anything (for
+    /// `proxy-agent status` and `verify`, while the agent runs or not). Check the layout
+    /// with [`pinned_layout`] first.
+    pub fn open_pinned(pin: &Path) -> Result<Self, BpfError> {
+        let flows: HashMap<MapData, FlowKey, FlowValue> =
+            from_pin(pin, map_names::FLOWS, Map::HashMap)?;
+        let flow_capacity = flows.map().info().map_or(0, |i| i.max_entries());
+        Ok(Self {
+            meta: from_pin(pin, map_names::META, Map::Array)?,
+            stats: from_pin(pin, map_names::STATS, Map::PerCpuArray)?,
+            services: from_pin(pin, map_names::SERVICES, Map::HashMap)?,
+            maglev: from_pin(pin, map_names::MAGLEV, Map::HashMap)?,
+            backends: from_pin(pin, map_names::BACKENDS, Map::HashMap)?,
+            flows,
+            affinity: from_pin(pin, map_names::AFFINITY, Map::LruHashMap)?,
+            service_stats: from_pin(pin, map_names::SERVICE_STATS, Map::PerCpuArray)?,
+            ports: from_pin(pin, map_names::PORTS, Map::HashMap)?,
+            nr_cpus: nr_cpus()?,
             flow_capacity,
         })
     }
@@ -155,16 +203,32 @@ impl MapStore for KernelMaps {
         )
     }
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); self.nr_cpus])
+        let zeros = PerCpuValues::try_from(vec![ServiceCounter::default(); self.nr_cpus])
             .map_err(|e| StoreError::new("counters", "put", MapError::IoError(e)))?;
         op!("counters", "put", self.service_stats.set(slot, zeros, 0))
     }
-    fn counter(&self, slot: u32) -> Result<Counter, StoreError> {
-        Ok(sum(&op!(
+    fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError> {
+        Ok(sum_service(&op!(
             "counters",
             "read",
             self.service_stats.get(&slot, 0)
         )?))
+    }
+    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError> {
+        op!("ports", "put", self.ports.insert(id, info, 0))
+    }
+    fn delete_port(&mut self, id: u64) -> Result<(), StoreError> {
+        match self.ports.remove(&id) {
+            Err(e) if !is_not_found(&e) => Err(StoreError::new("ports", "delete", e)),
+            _ => Ok(()),
+        }
+    }
+    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError> {
+        op!(
+            "ports",
+            "dump",
+            self.ports.iter().collect::<Result<Vec<_>, _>>()
+        )
     }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
         let mut out = Vec::new();

@@ -10,7 +10,22 @@
 //! - [`FastPath::apply`]`(&ProxyPlan, generation)`: after nftables applied the same plan.
 //! - [`FastPath::collect_garbage`]: periodically (nothing else removes ended flows).
 //! - [`FastPath::sync_interfaces`], woken by [`InterfaceWatcher::wait`].
-//! - [`FastPath::status`], [`FastPath::set_mode`], and [`cleanup`]`(pin_path)`.
+//! - [`FastPath::observe`]`(&ProxyPlan, generation)`: in `auto` mode, every
+//!   [`OBSERVE_PERIOD`]: reads the per-service counters, runs the hot-service [`policy`], and
+//!   re-applies the plan when a service moved.
+//! - [`FastPath::gauges`] for the `hybrid_proxy_fastpath_*` metrics, [`FastPath::status`],
+//!   [`FastPath::set_mode`], [`FastPath::set_auto_thresholds`], and [`cleanup`]`(pin_path)`.
+//!
+//! # Measuring every service
+//!
+//! While the mode is not `off`, every IPv4 TCP/UDP service address has an entry in the
+//! service map: accelerated, or a *counting* entry with which the programs count the packet in
+//! the service port's per-CPU slot and pass it on to nftables unchanged. Packets from clients
+//! are counted whichever path serves them (replies are not), so a rate means the same on both
+//! paths; `auto` mode promotes and demotes on it. The cost is a hash lookup that packets to
+//! service addresses without a flow entry paid anyway, and an increment. Each counted port
+//! also has a record in `HP_PORTS` (its name and the decision for each path), so that
+//! `proxy-agent status` can explain the pinned maps without the agent.
 //!
 //! # Datapath (see `proxy-ebpf`)
 //!
@@ -71,14 +86,18 @@ pub mod kernel;
 pub mod maglev;
 pub mod netlink;
 pub mod object;
+pub mod policy;
 pub mod reconcile;
 pub mod store;
 pub mod writes;
 
-pub use config::{AccelerationMode, FastPathConfig, FlowTimeouts, PodInterfaces, XdpAttachMode};
+pub use config::{
+    AccelerationMode, AutoThresholds, FastPathConfig, FlowTimeouts, PodInterfaces, XdpAttachMode,
+};
 pub use eligibility::{PortEligibility, Reason};
 pub use fastpath::{
-    FastPath, FastPathStatus, InterfaceChanges, InterfaceWatcher, cleanup, is_pinned,
+    FastPath, FastPathGauges, FastPathStatus, InterfaceChanges, InterfaceWatcher, OBSERVE_PERIOD,
+    ObserveReport, cleanup, is_pinned,
 };
 pub use object::{BpfError, embedded_object};
 pub use reconcile::{ApplyReport, GcReport};

@@ -9,13 +9,16 @@ use std::{
     time::Duration,
 };
 
-use proxy_common::{Counter, FlowKey, FlowValue, StatIndex, dir, owner, tcp};
+use proxy_common::{
+    Counter, FlowKey, FlowValue, ServiceCounter, StatIndex, dir, owner, service_flags, tcp,
+};
 
 use super::{
     config::{AccelerationMode, FlowTimeouts},
-    eligibility::{self, PortEligibility},
+    eligibility::{self, AutoChoice, PortEligibility},
     netlink::ConntrackTuple,
     object::BpfError,
+    policy::Candidate,
     store::{self, MapStore},
     writes::{self, MapWrite, MapWrites, ServiceMaps},
 };
@@ -80,6 +83,8 @@ pub struct ApplyReport {
     pub writes: MapWrites,
     /// Every service port's decision.
     pub ports: Vec<PortEligibility>,
+    /// Counting entries (service addresses the programs count and pass to nftables).
+    pub counted_only: usize,
     /// Flows nftables had started to newly promoted addresses, marked before the promotion.
     pub nftables_owned_marked: usize,
     /// Flows found by the re-check after the promotion (started in the window between the
@@ -122,6 +127,10 @@ impl fmt::Display for ApplyReport {
 #[derive(Debug)]
 pub struct Syncer {
     pub mode: AccelerationMode,
+    /// In `auto` mode, what the policy promoted (see [`super::policy`]).
+    pub auto: AutoChoice,
+    /// In `auto` mode, the ports of the last plan the policy may promote.
+    candidates: Vec<Candidate>,
     mirror: ServiceMaps,
     /// Read the maps back before the next sync (at start, and after a failed sync left them
     /// in an unknown state).
@@ -149,6 +158,8 @@ impl Syncer {
     pub fn new(mode: AccelerationMode) -> Self {
         Self {
             mode,
+            auto: AutoChoice::default(),
+            candidates: Vec::new(),
             mirror: ServiceMaps::default(),
             need_resync: true,
             last_ports: Vec::new(),
@@ -160,9 +171,29 @@ impl Syncer {
         &self.last_ports
     }
 
-    /// Counter slot of each accelerated service port.
+    /// Counter slot of each counted service port.
     pub fn counter_slots(&self) -> &BTreeMap<u64, u32> {
         &self.mirror.counters
+    }
+
+    /// In `auto` mode, the ports of the last plan the policy may promote.
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
+    }
+
+    /// The service ports the maps accelerate (as far as the last sync knows).
+    pub fn accelerated(&self) -> BTreeSet<ServicePortId> {
+        self.mirror
+            .services
+            .values()
+            .filter(|v| v.flags & service_flags::COUNT_ONLY == 0)
+            .map(|v| ServicePortId(v.id))
+            .collect()
+    }
+
+    /// What the last sync wrote (or read back), for verification.
+    pub fn mirror(&self) -> &ServiceMaps {
+        &self.mirror
     }
 
     /// After a garbage collection: retired counter slots no flow uses are free again.
@@ -192,16 +223,31 @@ impl Syncer {
             self.mirror = store::read_service_maps(store)?;
             self.need_resync = false;
         }
-        let ports = eligibility::decide(plan, self.mode);
+        let ports = eligibility::decide_auto(plan, self.mode, &self.auto);
+        if self.mode == AccelerationMode::Auto {
+            self.candidates = candidates(plan);
+        } else {
+            self.candidates.clear();
+        }
         let desired = writes::desired(&ports);
         let (mut map_writes, next) = writes::plan_writes(&self.mirror, &desired, generation);
 
-        let promoted: BTreeSet<(u32, u16, u8)> = desired
+        // Addresses newly accelerated: absent before, or only counted.
+        let accelerated = |v: &proxy_common::ServiceValue| v.flags & service_flags::COUNT_ONLY == 0;
+        let newly: BTreeMap<(u32, u16, u8), u32> = desired
             .services
-            .keys()
-            .filter(|k| !self.mirror.services.contains_key(k))
-            .map(|k| (k.addr, k.port, k.proto))
+            .iter()
+            .filter(|(k, d)| !d.count_only && !self.mirror.services.get(k).is_some_and(accelerated))
+            .map(|(k, d)| {
+                (
+                    (k.addr, k.port, k.proto),
+                    next.counters.get(&d.set.id).copied().unwrap_or(0),
+                )
+            })
             .collect();
+        let promoted: BTreeSet<(u32, u16, u8)> = newly.keys().copied().collect();
+        let slot_of =
+            |t: &ConntrackTuple| newly.get(&(t.dst, t.dport, t.proto)).copied().unwrap_or(0);
         let mut conntrack_error = None;
         let mut first_seen = BTreeSet::new();
         if !promoted.is_empty() {
@@ -215,7 +261,10 @@ impl Syncer {
                         map_writes.writes.insert(
                             0,
                             MapWrite::MarkNftablesOwned {
-                                flows: first_seen.iter().map(forward_key).collect(),
+                                flows: first_seen
+                                    .iter()
+                                    .map(|t| (forward_key(t), slot_of(t)))
+                                    .collect(),
                             },
                         );
                     }
@@ -242,11 +291,7 @@ impl Syncer {
                         .iter()
                         .filter(|t| tuple_matches(t, &promoted) && !first_seen.contains(*t))
                     {
-                        let value = FlowValue {
-                            last_seen_ns: now,
-                            owner: owner::NFTABLES,
-                            ..FlowValue::default()
-                        };
+                        let value = store::nftables_owned(now, slot_of(t));
                         if store.put_flow(forward_key(t), value, true)? {
                             late += 1;
                         }
@@ -256,15 +301,40 @@ impl Syncer {
             }
         }
         self.last_ports.clone_from(&ports);
+        let counted_only = self
+            .mirror
+            .services
+            .values()
+            .filter(|v| !accelerated(v))
+            .count();
         Ok(ApplyReport {
             generation,
             writes: map_writes,
             ports,
+            counted_only,
             nftables_owned_marked: marked,
             late_marked: late,
             conntrack_error,
         })
     }
+}
+
+/// The ports of `plan` the `auto` policy may promote: eligible on a path with mode `all`,
+/// not annotated `"off"`.
+pub fn candidates(plan: &ProxyPlan) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    for p in eligibility::decide(plan, AccelerationMode::All) {
+        if !p.any_accelerated() || out.iter().any(|c| c.id == p.id) {
+            continue;
+        }
+        out.push(Candidate {
+            id: p.id,
+            forced: p.annotation == crate::model::AccelerationAnnotation::On,
+            sets: p.sets(),
+            backend_entries: p.backend_entries(),
+        });
+    }
+    out
 }
 
 /// What a garbage collection did.
@@ -365,11 +435,11 @@ pub fn collect_garbage(
     })
 }
 
-/// Counters of the programs and of each accelerated service.
+/// Counters of the programs and of each counted service port.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
     pub stats: Vec<(StatIndex, Counter)>,
-    pub services: BTreeMap<ServicePortId, Counter>,
+    pub services: BTreeMap<ServicePortId, ServiceCounter>,
 }
 
 impl Counters {
@@ -400,7 +470,7 @@ impl Counters {
             .unwrap_or_default()
     }
 
-    pub fn service(&self, id: ServicePortId) -> Counter {
+    pub fn service(&self, id: ServicePortId) -> ServiceCounter {
         self.services.get(&id).copied().unwrap_or_default()
     }
 }

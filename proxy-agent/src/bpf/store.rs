@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, Counter, FlowKey, FlowValue, MAGLEV_SIZE,
-    MaglevKey, MaglevValue, Meta, ServiceKey, ServiceValue, StatIndex, dir, owner,
+    MaglevKey, MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceValue, StatIndex,
+    dir, owner, service_flags,
 };
 use thiserror::Error;
 
@@ -45,7 +46,10 @@ pub trait MapStore {
     /// Zeroes a per-service counter slot.
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError>;
     /// A per-service counter slot summed over CPUs.
-    fn counter(&self, slot: u32) -> Result<Counter, StoreError>;
+    fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError>;
+    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError>;
+    fn delete_port(&mut self, id: u64) -> Result<(), StoreError>;
+    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError>;
     /// The programs' counters summed over CPUs, indexed by [`StatIndex`].
     fn stats(&self) -> Result<Vec<Counter>, StoreError>;
     /// Inserts a flow; with `only_new`, an existing entry is kept (and `Ok(false)` returned).
@@ -134,17 +138,14 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
             } => purge(store, *set, backends, *flows)?,
             MapWrite::MarkNftablesOwned { flows } => {
                 let now = monotonic_ns();
-                for key in flows {
-                    let value = FlowValue {
-                        last_seen_ns: now,
-                        owner: owner::NFTABLES,
-                        ..FlowValue::default()
-                    };
-                    if store.put_flow(*key, value, true)? {
+                for (key, counter) in flows {
+                    if store.put_flow(*key, nftables_owned(now, *counter), true)? {
                         marked += 1;
                     }
                 }
             }
+            MapWrite::PutPort { id, info } => store.put_port(*id, info)?,
+            MapWrite::DeletePort { id } => store.delete_port(*id)?,
             MapWrite::SetGeneration { generation } => {
                 let mut meta = store.meta()?;
                 meta.generation = *generation;
@@ -153,6 +154,16 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
         }
     }
     Ok(marked)
+}
+
+/// The connection-table entry that keeps a flow nftables started away from the fast path.
+pub fn nftables_owned(now_ns: u64, counter: u32) -> FlowValue {
+    FlowValue {
+        last_seen_ns: now_ns,
+        owner: owner::NFTABLES,
+        counter,
+        ..FlowValue::default()
+    }
 }
 
 fn purge(
@@ -216,6 +227,7 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
     let counters: BTreeMap<u64, u32> = services.values().map(|v| (v.id, v.counter)).collect();
     let referenced: BTreeMap<SetId, u32> = services
         .values()
+        .filter(|v| v.flags & service_flags::COUNT_ONLY == 0)
         .map(|v| {
             (
                 SetId {
@@ -270,6 +282,7 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
             .map(|(_, v)| v.counter)
             .filter(|slot| *slot != 0 && !in_use.contains(slot))
             .collect(),
+        ports: store.ports()?.into_iter().collect(),
         generation: store.meta()?.generation,
     })
 }
@@ -281,7 +294,8 @@ pub struct FakeMaps {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<BackendKey, Backend>,
     pub maglev: BTreeMap<MaglevKey, Vec<u16>>,
-    pub counters: BTreeMap<u32, Counter>,
+    pub counters: BTreeMap<u32, ServiceCounter>,
+    pub ports: BTreeMap<u64, PortInfo>,
     pub stats: Vec<Counter>,
     pub flows: BTreeMap<FlowKey, FlowValue>,
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
@@ -341,6 +355,16 @@ impl FakeMaps {
         for k in self.maglev.keys() {
             let _ = writeln!(out, "maglev {k:?}");
         }
+        for (id, info) in &self.ports {
+            let _ = writeln!(
+                out,
+                "port {id:016x} {:?} slot {} pods {} external {}",
+                super::writes::port_label(info),
+                info.counter,
+                info.pods,
+                info.external
+            );
+        }
         let _ = writeln!(
             out,
             "counter slots {:?}",
@@ -393,11 +417,24 @@ impl MapStore for FakeMaps {
     }
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
         self.step("counters", "put")?;
-        self.counters.insert(slot, Counter::default());
+        self.counters.insert(slot, ServiceCounter::default());
         Ok(())
     }
-    fn counter(&self, slot: u32) -> Result<Counter, StoreError> {
+    fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError> {
         Ok(self.counters.get(&slot).copied().unwrap_or_default())
+    }
+    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError> {
+        self.step("ports", "put")?;
+        self.ports.insert(id, *info);
+        Ok(())
+    }
+    fn delete_port(&mut self, id: u64) -> Result<(), StoreError> {
+        self.step("ports", "delete")?;
+        self.ports.remove(&id);
+        Ok(())
+    }
+    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError> {
+        Ok(self.ports.iter().map(|(k, v)| (*k, *v)).collect())
     }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
         Ok(self.stats.clone())

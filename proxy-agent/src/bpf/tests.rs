@@ -275,7 +275,7 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
     let report = sync(&mut maps, &mut syncer, &p, 1);
     let text = report.writes.to_string();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "bpf sync generation 1 (4 writes)", "{text}");
+    assert_eq!(lines[0], "bpf sync generation 1 (5 writes)", "{text}");
     assert!(lines[1].starts_with("  put counter "), "{text}");
     assert!(
         lines[2].contains("put set ")
@@ -287,7 +287,12 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
             && lines[3].contains("affinity 60s"),
         "{text}"
     );
-    assert_eq!(lines[4], "  set generation 1");
+    assert!(
+        lines[4].contains("put port ")
+            && lines[4].contains("default/web http(80)/TCP: slot 1, pods 0, external 11"),
+        "the port's record, with why it is not accelerated from outside: {text}"
+    );
+    assert_eq!(lines[5], "  set generation 1");
     assert_eq!(maps.backends.len(), 2);
     assert_eq!(maps.maglev.len(), 1);
 
@@ -315,10 +320,21 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
     );
     assert_eq!(maps.maglev.len(), 2);
 
-    // Demotion removes everything but the flows.
+    // Demotion (mode annotated) leaves a counting entry; mode off removes everything but
+    // the flows.
+    adopted.mode = AccelerationMode::Annotated;
+    sync(&mut maps, &mut adopted, &p3, 6);
+    assert_eq!(maps.services.len(), 1);
+    assert!(
+        maps.services
+            .values()
+            .all(|v| v.flags == proxy_common::service_flags::COUNT_ONLY && v.counter == 1)
+    );
+    assert!(maps.backends.is_empty() && maps.maglev.is_empty());
     adopted.mode = AccelerationMode::Off;
     sync(&mut maps, &mut adopted, &p3, 6);
     assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.maglev.is_empty());
+    assert!(maps.ports.is_empty());
     assert!(
         maps.dump().contains("counter slots {1}"),
         "slot zeroed at promotion stays"
@@ -488,4 +504,208 @@ fn garbage_collection_removes_idle_flows_in_pairs() {
     };
     reconcile::collect_garbage(&mut maps, &short, now).unwrap();
     assert_eq!(maps.flows.len(), 2, "only the recent UDP flow is left");
+}
+
+/// The entries of one scope, as `address:port/protocol -> on|count`.
+fn entries(maps: &FakeMaps, key_scope: u8) -> Vec<String> {
+    maps.services
+        .iter()
+        .filter(|(k, _)| k.scope == key_scope)
+        .map(|(k, v)| {
+            let (ip, port) = super::writes::backend_addr(&proxy_common::Backend {
+                addr: k.addr,
+                port: k.port,
+                _pad: 0,
+            });
+            let what = if v.flags & proxy_common::service_flags::COUNT_ONLY == 0 {
+                "on"
+            } else {
+                "count"
+            };
+            format!("{ip}:{port}/{} {what}", k.proto)
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn every_service_address_is_counted_and_only_eligible_paths_are_accelerated() {
+    use proxy_common::scope::{EXTERNAL, POD};
+    let edge = ServiceBuilder::cluster_ip("default", "edge", "10.96.0.20")
+        .port("http", 80)
+        .node_port(30080)
+        .load_balancer(&["198.51.100.7"])
+        .external_ips(&["203.0.113.9"]);
+    let edge_slice = SliceBuilder::new("default", "edge")
+        .port("http", 8080)
+        .endpoint("10.244.1.6", "node-a")
+        .build();
+    let quiet = ServiceBuilder::cluster_ip("default", "quiet", "10.96.0.30")
+        .port("http", 80)
+        .annotation(ACCELERATION_ANNOTATION, "off");
+    let quiet_slice = SliceBuilder::new("default", "quiet")
+        .port("http", 8080)
+        .endpoint("10.244.1.7", "node-a")
+        .build();
+    let sctp = ServiceBuilder::cluster_ip("default", "sig", "10.96.0.40")
+        .port("s", 9)
+        .protocol("SCTP");
+    let p = plan_with(
+        vec![web().build(), edge.build(), quiet.build(), sctp.build()],
+        vec![both(), edge_slice, quiet_slice],
+        false,
+    );
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::All);
+    let report = sync(&mut maps, &mut syncer, &p, 1);
+    assert_eq!(report.accelerated_ports(), 2, "{report}");
+    // eTP Cluster: pods are accelerated to the cluster IP only, everything else is counted;
+    // annotated "off": counted; SCTP: neither (the programs do not parse it).
+    assert_eq!(
+        entries(&maps, POD),
+        vec![
+            "10.96.0.10:80/6 on",
+            "10.96.0.20:80/6 on",
+            "10.96.0.30:80/6 count",
+            "192.168.1.10:30080/6 count",
+            "198.51.100.7:80/6 count",
+            "203.0.113.9:80/6 count",
+        ]
+    );
+    assert_eq!(
+        entries(&maps, EXTERNAL),
+        vec![
+            "192.168.1.10:30080/6 count",
+            "198.51.100.7:80/6 count",
+            "203.0.113.9:80/6 count",
+        ]
+    );
+    assert_eq!(report.counted_only, 7);
+    // Each counted port has a slot, shared by its entries, and a record saying why.
+    let slots: std::collections::BTreeSet<u32> =
+        maps.services.values().map(|v| v.counter).collect();
+    assert_eq!(slots.len(), 3, "{}", maps.dump());
+    assert!(!slots.contains(&0));
+    let records: Vec<(String, u8, u8)> = maps
+        .ports
+        .values()
+        .map(|i| (super::writes::port_label(i), i.pods, i.external))
+        .collect();
+    let code = |r: super::Reason| r.code();
+    assert!(records.contains(&(
+        "default/edge http(80)/TCP".into(),
+        0,
+        code(super::Reason::NeedsSnat)
+    )));
+    assert!(records.contains(&(
+        "default/quiet http(80)/TCP".into(),
+        code(super::Reason::AnnotationOff),
+        code(super::Reason::AnnotationOff)
+    )));
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(
+        super::Reason::from_code(code(super::Reason::Capacity)),
+        Some(super::Reason::Capacity)
+    );
+    // A new agent reads it all back and agrees.
+    let mut adopted = Syncer::new(AccelerationMode::All);
+    let again = sync(&mut maps, &mut adopted, &p, 2);
+    assert!(again.writes.is_noop(), "{}", again.writes);
+}
+
+#[test]
+fn promoting_a_counted_address_marks_the_flows_nftables_started() {
+    let p_plain = plan_with(vec![web().build()], vec![both()], false);
+    let p_on = plan_with(
+        vec![web().annotation(ACCELERATION_ANNOTATION, "on").build()],
+        vec![both()],
+        false,
+    );
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::Annotated);
+    sync(&mut maps, &mut syncer, &p_plain, 1);
+    assert_eq!(
+        entries(&maps, proxy_common::scope::POD),
+        vec!["10.96.0.10:80/6 count"]
+    );
+    let slot = maps.services.values().next().unwrap().counter;
+    let tuple = super::netlink::ConntrackTuple {
+        src: u32::from_ne_bytes([10, 244, 1, 20]),
+        dst: u32::from_ne_bytes([10, 96, 0, 10]),
+        sport: 5000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+    };
+    let mut ct = FakeConntrack {
+        snapshots: vec![vec![tuple]],
+    };
+    let report = syncer.sync(&mut maps, &mut ct, &p_on, 2).unwrap();
+    assert_eq!(report.nftables_owned_marked, 1, "{report}");
+    assert_eq!(
+        entries(&maps, proxy_common::scope::POD),
+        vec!["10.96.0.10:80/6 on"]
+    );
+    let marked: Vec<_> = maps.flows.values().collect();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0].owner, owner::NFTABLES);
+    assert_eq!(
+        marked[0].counter, slot,
+        "its packets still count for the service"
+    );
+}
+
+#[test]
+fn auto_mode_accelerates_what_the_policy_promotes_and_annotations_win() {
+    let hot = web();
+    let forced = ServiceBuilder::cluster_ip("default", "forced", "10.96.0.21")
+        .port("http", 80)
+        .annotation(ACCELERATION_ANNOTATION, "on");
+    let forced_slice = SliceBuilder::new("default", "forced")
+        .port("http", 8080)
+        .endpoint("10.244.1.8", "node-a")
+        .build();
+    let p = plan_with(
+        vec![hot.build(), forced.build()],
+        vec![both(), forced_slice],
+        false,
+    );
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::Auto);
+    sync(&mut maps, &mut syncer, &p, 1);
+    assert_eq!(
+        entries(&maps, proxy_common::scope::POD),
+        vec!["10.96.0.10:80/6 count", "10.96.0.21:80/6 on"],
+        "nothing measured yet: only the annotated one"
+    );
+    let candidates = syncer.candidates().to_vec();
+    assert_eq!(candidates.len(), 2);
+    assert!(candidates.iter().any(|c| c.forced));
+    let web_id = candidates.iter().find(|c| !c.forced).unwrap().id;
+    let web_port = |s: &Syncer| {
+        s.ports()
+            .iter()
+            .find(|p| p.service.name == "web")
+            .unwrap()
+            .pods
+            .clone()
+    };
+    assert_eq!(web_port(&syncer).unwrap_err().to_string(), "auto: not hot");
+    syncer.auto.promoted.insert(web_id);
+    sync(&mut maps, &mut syncer, &p, 2);
+    assert_eq!(
+        entries(&maps, proxy_common::scope::POD),
+        vec!["10.96.0.10:80/6 on", "10.96.0.21:80/6 on"]
+    );
+    syncer.auto.promoted.clear();
+    syncer.auto.held.insert(web_id, super::Reason::Capacity);
+    sync(&mut maps, &mut syncer, &p, 3);
+    assert_eq!(
+        web_port(&syncer).unwrap_err().to_string(),
+        "auto: hot, fast path full"
+    );
+    assert_eq!(
+        entries(&maps, proxy_common::scope::POD)[0],
+        "10.96.0.10:80/6 count"
+    );
 }

@@ -2,6 +2,11 @@
 //! eligibility decisions, diffed against a mirror of what the maps hold, turned into an
 //! ordered list of map writes with a `Display`.
 //!
+//! The desired entries are the accelerated addresses, a counting entry for every other
+//! counted address (the programs count its packets and pass them on), a counter slot per
+//! counted service port, and that port's record in `HP_PORTS` (its name and decisions, for
+//! `proxy-agent status`).
+//!
 //! Ordering is what makes a sync safe for readers without transactions:
 //! 1. a changed backend set is written under a *new revision* (backends, then its Maglev
 //!    table), never in place;
@@ -19,9 +24,14 @@ use std::{
     sync::Arc,
 };
 
-use proxy_common::{Backend, FlowKey, ServiceKey, ServiceValue, scope, service_flags};
+use proxy_common::{
+    Backend, FlowKey, PORT_NAME_LEN, PortInfo, ServiceKey, ServiceValue, scope, service_flags,
+};
 
-use super::{eligibility::PortEligibility, maglev};
+use super::{
+    eligibility::{PortEligibility, decision_code},
+    maglev,
+};
 use crate::model::Protocol;
 
 /// A backend set: one endpoint list of one service port (`ServicePortId`, `set::*`).
@@ -65,8 +75,10 @@ pub struct ServiceMaps {
     pub sets: BTreeMap<SetId, SetRevisions>,
     /// Revisions no service entry uses, left by an interrupted sync: deleted by the next one.
     pub stale: Vec<(SetId, Revision)>,
-    /// Counter slot of each accelerated service port (`ServicePortId` -> slot).
+    /// Counter slot of each counted service port (`ServicePortId` -> slot).
     pub counters: BTreeMap<u64, u32>,
+    /// `HP_PORTS`: each counted service port's record.
+    pub ports: BTreeMap<u64, PortInfo>,
     /// Slots of demoted services: flows that finish on the fast path may still count into
     /// them, so they are reused only once no flow refers to them (see
     /// [`ServiceMaps::release_counters`]).
@@ -84,9 +96,21 @@ impl ServiceMaps {
 /// A service entry the plan wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DesiredService {
+    /// The backend set (for a counting entry: the port's id, set 0, never written).
     pub set: SetId,
     pub affinity_timeout: Option<u32>,
     pub protocol: Protocol,
+    /// Only counted: passed to nftables (`service_flags::COUNT_ONLY`).
+    pub count_only: bool,
+}
+
+/// A counted service port's record, as `HP_PORTS` keeps it (but its counter slot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredPort {
+    pub label: String,
+    /// [`decision_code`]s of its two paths.
+    pub pods: u8,
+    pub external: u8,
 }
 
 /// The service maps' desired content.
@@ -94,6 +118,35 @@ pub struct DesiredService {
 pub struct Desired {
     pub services: BTreeMap<ServiceKey, DesiredService>,
     pub sets: BTreeMap<SetId, Vec<Backend>>,
+    pub ports: BTreeMap<u64, DesiredPort>,
+}
+
+/// The `HP_PORTS` value of a port: its label cut to [`PORT_NAME_LEN`] bytes (at a character
+/// boundary), NUL-padded.
+pub fn port_info(port: &DesiredPort, counter: u32) -> PortInfo {
+    let mut name = [0u8; PORT_NAME_LEN];
+    let mut end = port.label.len().min(PORT_NAME_LEN);
+    while !port.label.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].copy_from_slice(&port.label.as_bytes()[..end]);
+    PortInfo {
+        name,
+        counter,
+        pods: port.pods,
+        external: port.external,
+        _pad: 0,
+    }
+}
+
+/// The label recorded in a `HP_PORTS` value.
+pub fn port_label(info: &PortInfo) -> String {
+    let end = info
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(PORT_NAME_LEN);
+    String::from_utf8_lossy(&info.name[..end]).into_owned()
 }
 
 /// Wire form of an IPv4 address and port.
@@ -127,8 +180,9 @@ pub fn service_key(ip: Ipv4Addr, port: u16, protocol: Protocol, key_scope: u8) -
     }
 }
 
-/// The desired entries of every accelerated path. The first port to claim an address keeps
-/// it (the plan already resolved conflicts the same way).
+/// The desired entries of every accelerated path, then counting entries for the counted
+/// addresses no accelerated path claimed. The first port to claim an address keeps it (the
+/// plan already resolved conflicts the same way).
 pub fn desired(ports: &[PortEligibility]) -> Desired {
     let mut out = Desired::default();
     for port in ports {
@@ -154,12 +208,48 @@ pub fn desired(ports: &[PortEligibility]) -> Desired {
                         set,
                         affinity_timeout: port.affinity_timeout,
                         protocol: port.protocol,
+                        count_only: false,
                     });
             }
         }
     }
+    for port in ports {
+        if port.counted.is_empty() {
+            continue;
+        }
+        let set = SetId {
+            id: port.id.0,
+            set: proxy_common::set::CLUSTER,
+        };
+        for (list, key_scope) in [
+            (&port.counted.pods, scope::POD),
+            (&port.counted.external, scope::EXTERNAL),
+        ] {
+            for (ip, p) in list {
+                let Some(ip) = v4(*ip) else { continue };
+                out.services
+                    .entry(service_key(ip, *p, port.protocol, key_scope))
+                    .or_insert(DesiredService {
+                        set,
+                        affinity_timeout: None,
+                        protocol: port.protocol,
+                        count_only: true,
+                    });
+            }
+        }
+        out.ports.entry(port.id.0).or_insert(DesiredPort {
+            label: port.label(),
+            pods: decision_code(&port.pods),
+            external: decision_code(&port.external),
+        });
+    }
     // Drop sets no entry uses (their addresses were all claimed by another port).
-    let used: BTreeSet<SetId> = out.services.values().map(|s| s.set).collect();
+    let used: BTreeSet<SetId> = out
+        .services
+        .values()
+        .filter(|s| !s.count_only)
+        .map(|s| s.set)
+        .collect();
     out.sets.retain(|set, _| used.contains(set));
     out
 }
@@ -206,9 +296,18 @@ pub enum MapWrite {
         flows: bool,
     },
     /// Marks flows nftables started as nftables-owned, so that the fast path never takes
-    /// them over (written before the service entries that would capture them).
+    /// them over (written before the service entries that would capture them); each with
+    /// its service's counter slot, so that its packets are still counted.
     MarkNftablesOwned {
-        flows: Vec<FlowKey>,
+        flows: Vec<(FlowKey, u32)>,
+    },
+    /// Records a counted service port in `HP_PORTS`.
+    PutPort {
+        id: u64,
+        info: PortInfo,
+    },
+    DeletePort {
+        id: u64,
     },
     SetGeneration {
         generation: u64,
@@ -297,6 +396,15 @@ impl fmt::Display for MapWrite {
             Self::MarkNftablesOwned { flows } => {
                 write!(f, "mark {} flow(s) nftables-owned", flows.len())
             }
+            Self::PutPort { id, info } => write!(
+                f,
+                "put port {id:016x} {}: slot {}, pods {}, external {}",
+                port_label(info),
+                info.counter,
+                info.pods,
+                info.external
+            ),
+            Self::DeletePort { id } => write!(f, "delete port {id:016x}"),
             Self::SetGeneration { generation } => write!(f, "set generation {generation}"),
         }
     }
@@ -365,7 +473,7 @@ pub fn plan_writes(
     let udp_sets: BTreeSet<SetId> = desired
         .services
         .values()
-        .filter(|s| s.protocol == Protocol::Udp)
+        .filter(|s| s.protocol == Protocol::Udp && !s.count_only)
         .map(|s| s.set)
         .collect();
 
@@ -472,6 +580,20 @@ pub fn plan_writes(
         }
     }
     for (key, want) in &desired.services {
+        let counter = next.counters.get(&want.set.id).copied().unwrap_or(0);
+        if want.count_only {
+            let value = ServiceValue {
+                id: want.set.id,
+                flags: service_flags::COUNT_ONLY,
+                counter,
+                ..ServiceValue::default()
+            };
+            if next.services.get(key) != Some(&value) {
+                services_out.push(MapWrite::PutService { key: *key, value });
+                next.services.insert(*key, value);
+            }
+            continue;
+        }
         let revs = &next.sets[&want.set];
         let value = ServiceValue {
             id: want.set.id,
@@ -484,7 +606,7 @@ pub fn plan_writes(
             } else {
                 0
             },
-            counter: next.counters.get(&want.set.id).copied().unwrap_or(0),
+            counter,
         };
         if next.services.get(key) != Some(&value) {
             services_out.push(MapWrite::PutService { key: *key, value });
@@ -518,6 +640,25 @@ pub fn plan_writes(
         }
     }
 
+    let mut ports_out = Vec::new();
+    for (id, want) in &desired.ports {
+        let info = port_info(want, next.counters.get(id).copied().unwrap_or(0));
+        if next.ports.get(id) != Some(&info) {
+            ports_out.push(MapWrite::PutPort { id: *id, info });
+            next.ports.insert(*id, info);
+        }
+    }
+    let stale_ports: Vec<u64> = next
+        .ports
+        .keys()
+        .filter(|id| !desired.ports.contains_key(id))
+        .copied()
+        .collect();
+    for id in stale_ports {
+        next.ports.remove(&id);
+        ports_out.push(MapWrite::DeletePort { id });
+    }
+
     for (set, rev) in std::mem::take(&mut next.stale) {
         cleanup_out.push(MapWrite::DeleteSet {
             set,
@@ -534,6 +675,7 @@ pub fn plan_writes(
     writes.extend(services_out);
     writes.extend(deletes_out);
     writes.extend(purges);
+    writes.extend(ports_out);
     writes.extend(cleanup_out);
     writes.push(MapWrite::SetGeneration { generation });
     (MapWrites { generation, writes }, next)

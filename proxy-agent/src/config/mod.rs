@@ -530,9 +530,8 @@ impl Config {
         crate::bpf::FastPathConfig {
             mode: match a.mode {
                 AccelerationMode::Off => crate::bpf::AccelerationMode::Off,
-                AccelerationMode::Annotated | AccelerationMode::Auto => {
-                    crate::bpf::AccelerationMode::Annotated
-                }
+                AccelerationMode::Annotated => crate::bpf::AccelerationMode::Annotated,
+                AccelerationMode::Auto => crate::bpf::AccelerationMode::Auto,
                 AccelerationMode::All => crate::bpf::AccelerationMode::All,
             },
             node_interfaces: a.interfaces.clone(),
@@ -548,6 +547,12 @@ impl Config {
                 XdpMode::Auto => crate::bpf::XdpAttachMode::Auto,
                 XdpMode::Native => crate::bpf::XdpAttachMode::Native,
                 XdpMode::Generic => crate::bpf::XdpAttachMode::Generic,
+            },
+            auto: crate::bpf::AutoThresholds {
+                promote_above_pps: a.auto.promote_above_pps,
+                demote_below_pps: a.auto.demote_below_pps,
+                min_dwell: a.auto.min_dwell,
+                max_services: a.auto.max_services,
             },
             ..crate::bpf::FastPathConfig::default()
         }
