@@ -1,7 +1,7 @@
 //! Building the plan, in full or for the Services that changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::Arc,
 };
@@ -38,6 +38,11 @@ pub struct Planner {
     node_plan: NodePlan,
     node_errors: Vec<ObjectError>,
     outcomes: BTreeMap<ServiceName, Arc<Outcome>>,
+    claims: Claims,
+    /// Every Service's plan after conflicts, as the last plan had them.
+    settled: BTreeMap<ServiceName, Arc<ServicePlan>>,
+    /// Problems from conflicts, per Service.
+    conflicts: BTreeMap<ServiceName, Vec<ObjectError>>,
 }
 
 impl Planner {
@@ -50,6 +55,9 @@ impl Planner {
             node_plan,
             node_errors: Vec::new(),
             outcomes: BTreeMap::new(),
+            claims: Claims::default(),
+            settled: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
         }
     }
 
@@ -69,25 +77,69 @@ impl Planner {
             .services()
             .map(|(name, _)| (name.clone(), Arc::new(self.plan_service(state, name))))
             .collect();
+        self.claims = Claims::default();
+        for (name, outcome) in &self.outcomes {
+            if let Some(plan) = &outcome.plan {
+                self.claims.add(name, &claim_keys(plan));
+            }
+        }
+        self.settled.clear();
+        self.conflicts.clear();
+        let names: Vec<ServiceName> = self.outcomes.keys().cloned().collect();
+        for name in &names {
+            self.settle(name);
+        }
         self.finish()
     }
 
     /// Plans only the named Services again (the node must be unchanged since the last
-    /// [`Planner::full`]); Services no longer in `state` are dropped.
+    /// [`Planner::full`]); Services no longer in `state` are dropped. Only the changed
+    /// Services, and those sharing an address with them, are settled again.
     pub fn update<'a>(
         &mut self,
         state: &ClusterState,
         changed: impl IntoIterator<Item = &'a ServiceName>,
     ) -> ProxyPlan {
+        let mut affected: BTreeSet<ServiceName> = BTreeSet::new();
         for name in changed {
+            if let Some(plan) = self.outcomes.get(name).and_then(|o| o.plan.clone()) {
+                let keys = claim_keys(&plan);
+                affected.extend(self.claims.sharing(&keys).cloned());
+                self.claims.remove(name, &keys);
+            }
             if state.service(name).is_some() {
                 let outcome = Arc::new(self.plan_service(state, name));
+                if let Some(plan) = &outcome.plan {
+                    let keys = claim_keys(plan);
+                    self.claims.add(name, &keys);
+                    affected.extend(self.claims.sharing(&keys).cloned());
+                }
                 self.outcomes.insert(name.clone(), outcome);
             } else {
                 self.outcomes.remove(name);
             }
+            affected.insert(name.clone());
+        }
+        for name in &affected {
+            self.settle(name);
         }
         self.finish()
+    }
+
+    /// Settles one Service against the claims.
+    fn settle(&mut self, name: &ServiceName) {
+        self.settled.remove(name);
+        self.conflicts.remove(name);
+        let Some(plan) = self.outcomes.get(name).and_then(|o| o.plan.clone()) else {
+            return;
+        };
+        let (settled, errors) = self.claims.settle(&plan);
+        if !settled.ports.is_empty() {
+            self.settled.insert(name.clone(), settled);
+        }
+        if !errors.is_empty() {
+            self.conflicts.insert(name.clone(), errors);
+        }
     }
 
     fn plan_service(&self, state: &ClusterState, name: &ServiceName) -> Outcome {
@@ -113,23 +165,19 @@ impl Planner {
         outcome
     }
 
-    /// Settles conflicts between Services and assembles the plan.
+    /// Assembles the plan.
     fn finish(&self) -> ProxyPlan {
-        let mut claims = Claims::default();
-        let mut services = BTreeMap::new();
         let mut errors = self.node_errors.clone();
-        for (name, outcome) in &self.outcomes {
+        for outcome in self.outcomes.values() {
             errors.extend(outcome.errors.iter().cloned());
-            let Some(plan) = &outcome.plan else { continue };
-            let plan = claims.settle(plan, &mut errors);
-            if !plan.ports.is_empty() {
-                services.insert(name.clone(), plan);
-            }
+        }
+        for conflict in self.conflicts.values() {
+            errors.extend(conflict.iter().cloned());
         }
         errors.sort();
         ProxyPlan {
             node: self.node_plan.clone(),
-            services,
+            services: self.settled.clone(),
             errors,
         }
     }
@@ -345,75 +393,90 @@ fn family_plan(
     }
 }
 
-/// Who owns each address a packet can be captured by. Two Services cannot both own
+/// What a Service port can be captured by; two Services cannot share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ClaimKey {
+    Address(IpAddr, Protocol, u16),
+    NodePort(Protocol, u16),
+    HealthPort(u16),
+}
+
+/// Who asks for each address a packet can be captured by. Two Services cannot both own
 /// `10.96.0.10:80/TCP` (the API prevents it for cluster IPs, but not for external IPs, and
-/// manifests are not checked at all); the first Service in name order keeps it and the other
-/// is reported and programmed without it.
-#[derive(Default)]
+/// manifests are not checked at all); the first Service in name order that asks keeps it,
+/// and the others are reported and programmed without it. Every claimant is remembered, so
+/// that when a Service changes only the Services sharing one of its keys are settled again.
+#[derive(Debug, Default)]
 struct Claims {
-    addresses: HashMap<(IpAddr, Protocol, u16), ServiceName>,
-    node_ports: HashMap<(Protocol, u16), ServiceName>,
-    health_ports: HashMap<u16, ServiceName>,
+    claimants: HashMap<ClaimKey, BTreeSet<ServiceName>>,
+}
+
+/// Every key a plan asks for.
+fn claim_keys(plan: &ServicePlan) -> Vec<ClaimKey> {
+    let mut keys = Vec::new();
+    for port in &plan.ports {
+        if let Some(np) = port.node_port {
+            keys.push(ClaimKey::NodePort(port.protocol, np));
+        }
+        if let Some(hc) = port.health_check_node_port {
+            keys.push(ClaimKey::HealthPort(hc));
+        }
+        for fam in &port.families {
+            for ip in std::iter::once(&fam.cluster_ip)
+                .chain(&fam.external_ips)
+                .chain(&fam.load_balancer_ips)
+            {
+                keys.push(ClaimKey::Address(*ip, port.protocol, port.port));
+            }
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 impl Claims {
-    /// Whether any address, node port or health-check port of `plan` belongs to another
-    /// Service.
-    fn conflicts(&self, plan: &ServicePlan) -> bool {
-        let foreign = |owner: Option<&ServiceName>| owner.is_some_and(|o| *o != plan.name);
-        plan.ports.iter().any(|port| {
-            port.node_port
-                .is_some_and(|np| foreign(self.node_ports.get(&(port.protocol, np))))
-                || port
-                    .health_check_node_port
-                    .is_some_and(|hc| foreign(self.health_ports.get(&hc)))
-                || port.families.iter().any(|fam| {
-                    std::iter::once(&fam.cluster_ip)
-                        .chain(&fam.external_ips)
-                        .chain(&fam.load_balancer_ips)
-                        .any(|ip| foreign(self.addresses.get(&(*ip, port.protocol, port.port))))
-                })
-        })
+    fn add(&mut self, name: &ServiceName, keys: &[ClaimKey]) {
+        for key in keys {
+            self.claimants.entry(*key).or_default().insert(name.clone());
+        }
     }
 
-    /// Claims everything `plan` uses; returns it as is when nothing conflicts (the common
-    /// case, without copying), or a copy without the conflicting parts.
-    fn settle(
-        &mut self,
-        plan: &Arc<ServicePlan>,
-        errors: &mut Vec<ObjectError>,
-    ) -> Arc<ServicePlan> {
-        if !self.conflicts(plan) {
-            for port in &plan.ports {
-                if let Some(np) = port.node_port {
-                    self.node_ports
-                        .insert((port.protocol, np), plan.name.clone());
-                }
-                if let Some(hc) = port.health_check_node_port {
-                    self.health_ports.insert(hc, plan.name.clone());
-                }
-                for fam in &port.families {
-                    for ip in std::iter::once(&fam.cluster_ip)
-                        .chain(&fam.external_ips)
-                        .chain(&fam.load_balancer_ips)
-                    {
-                        self.addresses
-                            .insert((*ip, port.protocol, port.port), plan.name.clone());
-                    }
+    fn remove(&mut self, name: &ServiceName, keys: &[ClaimKey]) {
+        for key in keys {
+            if let Some(set) = self.claimants.get_mut(key) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.claimants.remove(key);
                 }
             }
-            return Arc::clone(plan);
         }
-        Arc::new(self.settle_conflicts(plan, errors))
     }
 
-    /// The slow path of [`Claims::settle`]: a copy of `plan` without what others own.
-    fn settle_conflicts(
-        &mut self,
-        plan: &ServicePlan,
-        errors: &mut Vec<ObjectError>,
-    ) -> ServicePlan {
+    /// Everyone asking for any of `keys`.
+    fn sharing(&self, keys: &[ClaimKey]) -> impl Iterator<Item = &ServiceName> {
+        keys.iter().filter_map(|k| self.claimants.get(k)).flatten()
+    }
+
+    /// Who owns a key, if not `name`.
+    fn other_owner(&self, key: ClaimKey, name: &ServiceName) -> Option<&ServiceName> {
+        self.claimants
+            .get(&key)
+            .and_then(|set| set.first())
+            .filter(|owner| *owner != name)
+    }
+
+    /// `plan` as it is when it owns everything it asks for (the common case, without
+    /// copying), or a copy without what others own, with the problems that causes.
+    fn settle(&self, plan: &Arc<ServicePlan>) -> (Arc<ServicePlan>, Vec<ObjectError>) {
         let name = &plan.name;
+        if claim_keys(plan)
+            .into_iter()
+            .all(|k| self.other_owner(k, name).is_none())
+        {
+            return (Arc::clone(plan), Vec::new());
+        }
+        let mut errors = Vec::new();
         let mut conflict = |field: String, value: String, owner: &ServiceName| {
             errors.push(ObjectError {
                 kind: ObjectKind::Service,
@@ -426,54 +489,34 @@ impl Claims {
                 },
             });
         };
-        let claim_address = |claims: &mut HashMap<_, ServiceName>, ip, proto, port| match claims
-            .get(&(ip, proto, port))
-        {
-            Some(owner) if owner != name => Some(owner.clone()),
-            _ => {
-                claims.insert((ip, proto, port), name.clone());
-                None
-            }
-        };
-
         let mut settled = ServicePlan::clone(plan);
         for port in &mut settled.ports {
             let port_field = format!("spec.ports[{:?}]", port.port_name);
-            if let Some(np) = port.node_port {
-                match self.node_ports.get(&(port.protocol, np)) {
-                    Some(owner) if owner != name => {
-                        conflict(
-                            format!("{port_field}.nodePort"),
-                            format!("{np}/{}", port.protocol),
-                            owner,
-                        );
-                        port.node_port = None;
-                    }
-                    _ => {
-                        self.node_ports.insert((port.protocol, np), name.clone());
-                    }
-                }
+            if let Some(np) = port.node_port
+                && let Some(owner) = self.other_owner(ClaimKey::NodePort(port.protocol, np), name)
+            {
+                conflict(
+                    format!("{port_field}.nodePort"),
+                    format!("{np}/{}", port.protocol),
+                    owner,
+                );
+                port.node_port = None;
             }
-            if let Some(hc) = port.health_check_node_port {
-                match self.health_ports.get(&hc) {
-                    Some(owner) if owner != name => {
-                        conflict("spec.healthCheckNodePort".into(), hc.to_string(), owner);
-                        port.health_check_node_port = None;
-                    }
-                    _ => {
-                        self.health_ports.insert(hc, name.clone());
-                    }
-                }
+            if let Some(hc) = port.health_check_node_port
+                && let Some(owner) = self.other_owner(ClaimKey::HealthPort(hc), name)
+            {
+                conflict("spec.healthCheckNodePort".into(), hc.to_string(), owner);
+                port.health_check_node_port = None;
             }
             let (proto, number) = (port.protocol, port.port);
             port.families.retain_mut(|fam| {
                 if let Some(owner) =
-                    claim_address(&mut self.addresses, fam.cluster_ip, proto, number)
+                    self.other_owner(ClaimKey::Address(fam.cluster_ip, proto, number), name)
                 {
                     conflict(
                         "spec.clusterIPs".into(),
                         format!("{}:{number}/{proto}", fam.cluster_ip),
-                        &owner,
+                        owner,
                     );
                     return false;
                 }
@@ -482,9 +525,9 @@ impl Claims {
                     (&mut fam.load_balancer_ips, "status.loadBalancer.ingress"),
                 ] {
                     list.retain(|ip| {
-                        match claim_address(&mut self.addresses, *ip, proto, number) {
+                        match self.other_owner(ClaimKey::Address(*ip, proto, number), name) {
                             Some(owner) => {
-                                conflict(field.into(), format!("{ip}:{number}/{proto}"), &owner);
+                                conflict(field.into(), format!("{ip}:{number}/{proto}"), owner);
                                 false
                             }
                             None => true,
@@ -495,6 +538,6 @@ impl Claims {
             });
         }
         settled.ports.retain(|p| !p.families.is_empty());
-        settled
+        (Arc::new(settled), errors)
     }
 }

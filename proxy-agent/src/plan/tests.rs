@@ -870,3 +870,46 @@ fn partial_update_matches_a_full_recompute() {
     assert_eq!(after, compute(&state, &settings()));
     assert_eq!(after.services.len(), 1);
 }
+
+#[test]
+fn partial_updates_settle_conflicts_like_a_full_recompute() {
+    let svc = |name: &str, ext: &str| {
+        ServiceBuilder::cluster_ip("default", name, &format!("10.96.0.{}", name.len() + 10))
+            .port("http", 80)
+            .external_ips(&[ext])
+            .build()
+    };
+    let mut state = ClusterState::new();
+    state.set_node(Some(node()));
+    state.upsert_service(svc("a", "203.0.113.9")).unwrap();
+    state.upsert_service(svc("bb", "203.0.113.9")).unwrap();
+    state.upsert_service(svc("ccc", "203.0.113.7")).unwrap();
+    let mut planner = super::Planner::new(settings());
+    let first = planner.full(&state);
+    assert_eq!(
+        first
+            .errors
+            .iter()
+            .filter(|e| e.reason.code() == "conflict")
+            .count(),
+        1
+    );
+
+    // The owner goes away: the other claimant gets the address, without a full re-plan.
+    state.remove_service(&ServiceName::new("default", "a"));
+    let after = planner.update(&state, &[ServiceName::new("default", "a")]);
+    assert_eq!(after, compute(&state, &settings()));
+    assert!(after.errors.is_empty(), "{:?}", after.errors);
+    let bb = &after.services[&ServiceName::new("default", "bb")];
+    assert_eq!(
+        bb.ports[0].families[0].external_ips,
+        vec![ip("203.0.113.9")]
+    );
+
+    // A third Service moves onto the address: it is later by name, so it loses.
+    state.upsert_service(svc("ccc", "203.0.113.9")).unwrap();
+    let after = planner.update(&state, &[ServiceName::new("default", "ccc")]);
+    assert_eq!(after, compute(&state, &settings()));
+    assert_eq!(after.errors.len(), 1);
+    assert_eq!(after.errors[0].name, "ccc");
+}
