@@ -117,17 +117,25 @@ fn add_object(out: &mut Manifests, mut v: Value, file: &str, document: usize) {
         set_default_namespace(&mut v);
     }
     let object = describe(&kind, &v);
+    // Through serde_path_to_error, so that a field of the wrong type is named
+    // (`spec.ports: invalid type: ...`), as every other problem with an object is.
     let result = match kind.as_str() {
-        "Service" => serde_yaml::from_value(v).map(|s| out.services.push(s)),
-        "EndpointSlice" => serde_yaml::from_value(v).map(|s| out.slices.push(s)),
-        _ => serde_yaml::from_value(v).map(|n| out.nodes.push(n)),
+        "Service" => serde_path_to_error::deserialize(v).map(|s| out.services.push(s)),
+        "EndpointSlice" => serde_path_to_error::deserialize(v).map(|s| out.slices.push(s)),
+        _ => serde_path_to_error::deserialize(v).map(|n| out.nodes.push(n)),
     };
     if let Err(e) = result {
+        let path = e.path().to_string();
+        let problem = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        };
         out.errors.push(ManifestError {
             file: file.to_owned(),
             document,
             object: Some(object),
-            problem: e.to_string(),
+            problem,
         });
     }
 }
@@ -257,7 +265,7 @@ items:
         assert_eq!(m.errors.len(), 1);
         let e = m.errors[0].to_string();
         assert!(
-            e.starts_with("svc.yaml document 1 (Service a/web): "),
+            e.starts_with("svc.yaml document 1 (Service a/web): spec.ports: "),
             "{e}"
         );
 
