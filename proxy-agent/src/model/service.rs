@@ -208,8 +208,10 @@ pub(crate) fn object_name(
         None => Ok((namespace, name)),
         Some(mut err) => {
             // Keep the report readable when the name itself is the problem.
-            if err.name.len() > 64 {
-                err.name = format!("{}...", &err.name[..err.name.floor_char_boundary(64)]);
+            for text in [&mut err.name, &mut err.namespace] {
+                if text.len() > 64 {
+                    *text = format!("{}...", &text[..text.floor_char_boundary(64)]);
+                }
             }
             Err(Box::new(err))
         }
@@ -303,6 +305,11 @@ fn normalise_spec(svc: &core::Service, name: ServiceName, sink: &mut ErrorSink<'
         cluster_ips.push(ip);
     }
 
+    if spec.ports.as_ref().is_none_or(Vec::is_empty) {
+        // The API server requires ports on every Service that is not headless.
+        sink.push("spec.ports", InvalidReason::Missing);
+        return Normalised::Rejected;
+    }
     let mut ports: Vec<ServicePort> = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
