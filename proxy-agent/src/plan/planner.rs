@@ -491,7 +491,13 @@ impl Claims {
         };
         let mut settled = ServicePlan::clone(plan);
         for port in &mut settled.ports {
-            let port_field = format!("spec.ports[{:?}]", port.port_name);
+            // Port names are unique within a Service; an unnamed port is a one-port Service's
+            // only port.
+            let port_field = if port.port_name.is_empty() {
+                "spec.ports[0]".to_owned()
+            } else {
+                format!("spec.ports[{:?}]", port.port_name)
+            };
             if let Some(np) = port.node_port
                 && let Some(owner) = self.other_owner(ClaimKey::NodePort(port.protocol, np), name)
             {
