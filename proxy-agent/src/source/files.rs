@@ -72,6 +72,11 @@ pub struct FilesSource {
 const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(feature = "agent")]
+/// The longest a change waits for the directory to go quiet: a directory rewritten more
+/// often than [`QUIET`] is still re-read this often, instead of never.
+const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(feature = "agent")]
 impl FilesSource {
     /// Reads the directory and turns it into events: one `Replace` per kind, and the
     /// problems.
@@ -152,7 +157,13 @@ impl super::Source for FilesSource {
                 if changed.recv().await.is_none() {
                     return Ok(());
                 }
-                while let Ok(Some(())) = tokio::time::timeout(QUIET, changed.recv()).await {}
+                let latest = tokio::time::Instant::now() + MAX_DELAY;
+                while let Ok(Some(())) = tokio::time::timeout_at(
+                    (tokio::time::Instant::now() + QUIET).min(latest),
+                    changed.recv(),
+                )
+                .await
+                {}
                 tracing::debug!(dir = %self.dir.display(), "manifests changed");
             }
         })
