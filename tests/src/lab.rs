@@ -172,8 +172,12 @@ impl Lab {
 
     /// Replaces the manifests with one file of this YAML, after a Node object for node-a.
     pub fn write_manifests(&self, yaml: &str) {
+        // Every other file goes; cluster.yaml itself is replaced by the rename below, so that
+        // a watcher never sees the directory without it.
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            let _ = std::fs::remove_file(entry.path());
+            if entry.file_name() != "cluster.yaml" {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         let node = format!(
             "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_A}, labels: {{topology.kubernetes.io/zone: z1}}}}\n\
