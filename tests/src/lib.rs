@@ -12,4 +12,5 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod privileged;
+pub mod reliability;
 pub mod traffic;
