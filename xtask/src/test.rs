@@ -67,14 +67,32 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
         "cargo build (agent binary)",
         Command::new("cargo").args(["build", "--package", "proxy-agent"]),
     )?;
-    step(
+    // The reliability and security tests each add a line (faults injected, requests sent,
+    // requests failed) to this file; printed at the end, or right after the tests when they fail.
+    let summary = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
+        .join("reliability/summary.txt");
+    let _ = std::fs::remove_file(&summary);
+    let tested = step(
         "cargo test",
         Command::new("cargo")
             .args(["test", "--workspace", "--"])
             .args(&opts.test_args)
             // Privileged tests skip only outside CI; here they must run.
             .env("HYBRID_PROXY_REQUIRE_PRIVILEGED", "1"),
-    )?;
+    );
+    let print_summary = || {
+        if let Ok(text) = std::fs::read_to_string(&summary) {
+            eprintln!(
+                "xtask: == reliability summary ({})\n{text}",
+                summary.display()
+            );
+        }
+    };
+    if tested.is_err() {
+        print_summary();
+    }
+    tested?;
     // A short fuzz run: the plan survives arbitrary manifests (the nightly-style run is
     // `cargo xtask fuzz`).
     if !opts.no_fuzz {
@@ -83,5 +101,6 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
             target: "plan".into(),
         })?;
     }
+    print_summary();
     Ok(())
 }
