@@ -393,8 +393,7 @@ fn a_failed_nft_apply_keeps_the_rules_and_a_full_sync_repairs_them() {
     }
     let _serial = serial();
     let lab = lab_with_backends("nftf");
-    // The Kubernetes source: its updates are partial syncs (the files source re-lists the
-    // directory, which is always a full one).
+    // Through the Kubernetes source, where an update to one object is a partial sync.
     let api = api_in_node(&lab);
     api.apply(&kube_service("steady", "10.96.0.11"));
     api.apply(&kube_slice(&lab, "steady", &["b1"]));
