@@ -5,6 +5,7 @@
 //! All traffic a test sends stays between namespaces it created; nothing here touches the
 //! root namespace's routes or firewall.
 
+pub mod bench;
 pub mod bpf_harness;
 pub mod bpf_lab;
 pub mod fake_api;

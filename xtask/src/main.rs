@@ -4,6 +4,7 @@
 //! `rust-src` component, bpf-linker), saying what it installs and why, so that a fresh
 //! machine needs nothing but this repository and a Rust toolchain.
 
+mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
@@ -36,6 +37,10 @@ enum Task {
     /// and an external client; example Services; real TCP and UDP traffic; a table of which
     /// backend served what by which path, with acceleration off and on. Removes the lab.
     Demo,
+    /// Performance: nftables programming at 1k, 10k and 30k Services against kube-proxy's
+    /// layout and a bare `nft -f`, and nftables against the eBPF fast path in the namespace
+    /// lab. Writes `target/bench/report.md`, `report.json` and SVG charts.
+    Bench(bench::BenchOptions),
     /// Fuzz the plan with arbitrary manifests for a bounded time (cargo-fuzz, nightly).
     Fuzz(fuzz::FuzzOptions),
 }
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Test(opts) => test::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Demo => demo::run(),
+        Task::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::{ebpf, fuzz, prereq, workspace_root};
+use crate::{bench, ebpf, fuzz, prereq, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct TestOptions {
@@ -101,6 +101,11 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
             target: "plan".into(),
         })?;
     }
+    // The benchmark's smoke run: it runs and prints numbers, which nobody judges here.
+    bench::run(&bench::BenchOptions {
+        quick: true,
+        only: None,
+    })?;
     print_summary();
     Ok(())
 }
