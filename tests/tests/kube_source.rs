@@ -225,6 +225,28 @@ impl Watching {
         }
     }
 
+    /// The next event about each of `kinds`, which must be a `Replace`, by kind; events about
+    /// other kinds are skipped (but recorded).
+    async fn relists(&mut self, kinds: &[Kind]) -> BTreeMap<Kind, Vec<Object>> {
+        let mut lists = BTreeMap::new();
+        while lists.len() < kinds.len() {
+            let event = self.next(&format!("re-lists of {kinds:?}")).await;
+            let kind = match &event {
+                SourceEvent::Replace { kind, .. } => *kind,
+                SourceEvent::Applied(o) | SourceEvent::Deleted(o) => o.kind(),
+                SourceEvent::Problems(_) => continue,
+            };
+            if !kinds.contains(&kind) || lists.contains_key(&kind) {
+                continue;
+            }
+            let SourceEvent::Replace { objects, .. } = event else {
+                panic!("the first event about {kind:?} after 410 is a re-list, not {event:?}");
+            };
+            lists.insert(kind, objects);
+        }
+        lists
+    }
+
     /// Receives events until what they say matches the server's objects.
     async fn converge(&mut self, server: &FakeApiServer, what: &str) {
         let deadline = Instant::now() + STEP;
@@ -416,14 +438,15 @@ async fn a_relist_after_410_is_a_replace_without_what_was_deleted_meanwhile() {
     server.compact();
     server.set_response_delay(Duration::ZERO);
 
-    let SourceEvent::Replace { objects, .. } = watching.next_of(Kind::Services).await else {
-        panic!("a re-list of Services after 410 is a Replace");
-    };
-    assert_eq!(names(&objects), ["default/api", "default/web"]);
-    let SourceEvent::Replace { objects, .. } = watching.next_of(Kind::EndpointSlices).await else {
-        panic!("a re-list of EndpointSlices after 410 is a Replace");
-    };
-    assert_eq!(names(&objects), ["default/web-1"]);
+    // Each kind's watcher re-lists on its own, so the two lists may come in either order.
+    let lists = watching
+        .relists(&[Kind::Services, Kind::EndpointSlices])
+        .await;
+    assert_eq!(
+        names(&lists[&Kind::Services]),
+        ["default/api", "default/web"]
+    );
+    assert_eq!(names(&lists[&Kind::EndpointSlices]), ["default/web-1"]);
     assert!(
         server.requests::<Service>().expired_watches > expired_before,
         "the Service watch was answered with 410 Gone"
