@@ -59,7 +59,9 @@ pub fn load_dir(dir: &Path, node_name: &str) -> Result<(ClusterState, LoadProble
     Ok(state_from(manifest::read_dir(dir)?, node_name))
 }
 
-/// Watches a directory of manifests and sends its whole content after every change.
+/// Watches a directory of manifests: the first read is sent whole (one `Replace` per kind),
+/// every later one as the objects that changed (`Applied`/`Deleted`), so that an edit is a
+/// partial sync, as a watch event from the API would be.
 #[derive(Clone, Debug)]
 pub struct FilesSource {
     pub dir: std::path::PathBuf,
@@ -76,46 +78,71 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 /// often than [`QUIET`] is still re-read this often, instead of never.
 const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
-#[cfg(feature = "agent")]
-impl FilesSource {
-    /// Reads the directory and turns it into events: one `Replace` per kind, and the
-    /// problems.
-    async fn snapshot(&self) -> Result<Vec<super::SourceEvent>, ReadError> {
-        let dir = self.dir.clone();
-        let manifests = tokio::task::spawn_blocking(move || manifest::read_dir(&dir))
-            .await
-            .expect("manifest reader panicked")?;
-        let problems: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
-        let node: Vec<super::Object> = manifests
-            .nodes
-            .into_iter()
-            .filter(|n| n.metadata.name.as_deref() == Some(self.node.as_str()))
-            .map(super::Object::Node)
-            .collect();
-        Ok(vec![
-            super::SourceEvent::Problems(problems),
-            super::SourceEvent::Replace {
-                kind: super::Kind::Services,
-                objects: manifests
-                    .services
-                    .into_iter()
-                    .map(super::Object::Service)
-                    .collect(),
-            },
-            super::SourceEvent::Replace {
-                kind: super::Kind::EndpointSlices,
-                objects: manifests
-                    .slices
-                    .into_iter()
-                    .map(super::Object::Slice)
-                    .collect(),
-            },
-            super::SourceEvent::Replace {
-                kind: super::Kind::Node,
-                objects: node,
-            },
-        ])
+/// Identifies an object across reads of the directory.
+type ObjectKey = (super::Kind, String, String);
+
+/// The objects of one read, by key (objects without a name get a key of their own, so the
+/// loop still sees, and reports, them).
+fn index(manifests: Manifests, node: &str) -> std::collections::BTreeMap<ObjectKey, super::Object> {
+    use super::{Kind, Object};
+    let mut out = std::collections::BTreeMap::new();
+    let key = |kind: Kind,
+               meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+               i: usize| {
+        (
+            kind,
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_else(|| format!("#unnamed-{i}")),
+        )
+    };
+    for (i, s) in manifests.services.into_iter().enumerate() {
+        out.insert(key(Kind::Services, &s.metadata, i), Object::Service(s));
     }
+    for (i, s) in manifests.slices.into_iter().enumerate() {
+        out.insert(key(Kind::EndpointSlices, &s.metadata, i), Object::Slice(s));
+    }
+    for (i, n) in manifests.nodes.into_iter().enumerate() {
+        if n.metadata.name.as_deref() == Some(node) {
+            out.insert(key(Kind::Node, &n.metadata, i), Object::Node(n));
+        }
+    }
+    out
+}
+
+/// The events that turn `previous` into `current`.
+fn diff(
+    previous: &std::collections::BTreeMap<ObjectKey, super::Object>,
+    current: &std::collections::BTreeMap<ObjectKey, super::Object>,
+) -> Vec<super::SourceEvent> {
+    let mut events = Vec::new();
+    for (key, object) in current {
+        if previous.get(key) != Some(object) {
+            events.push(super::SourceEvent::Applied(object.clone()));
+        }
+    }
+    for (key, object) in previous {
+        if !current.contains_key(key) {
+            events.push(super::SourceEvent::Deleted(object.clone()));
+        }
+    }
+    events
+}
+
+/// The first read as one `Replace` per kind.
+fn replace_all(
+    current: &std::collections::BTreeMap<ObjectKey, super::Object>,
+) -> Vec<super::SourceEvent> {
+    super::Kind::ALL
+        .into_iter()
+        .map(|kind| super::SourceEvent::Replace {
+            kind,
+            objects: current
+                .iter()
+                .filter(|((k, _, _), _)| *k == kind)
+                .map(|(_, o)| o.clone())
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(feature = "agent")]
@@ -139,9 +166,23 @@ impl super::Source for FilesSource {
             watcher
                 .watch(&self.dir, notify::RecursiveMode::NonRecursive)
                 .map_err(watch_error)?;
+            let mut previous: Option<std::collections::BTreeMap<ObjectKey, super::Object>> = None;
             loop {
-                match self.snapshot().await {
-                    Ok(batch) => {
+                let dir = self.dir.clone();
+                let read = tokio::task::spawn_blocking(move || manifest::read_dir(&dir))
+                    .await
+                    .expect("manifest reader panicked");
+                match read {
+                    Ok(manifests) => {
+                        let problems: Vec<String> =
+                            manifests.errors.iter().map(ToString::to_string).collect();
+                        let current = index(manifests, &self.node);
+                        let mut batch = vec![super::SourceEvent::Problems(problems)];
+                        batch.extend(match &previous {
+                            None => replace_all(&current),
+                            Some(previous) => diff(previous, &current),
+                        });
+                        previous = Some(current);
                         for event in batch {
                             if events.send(event).await.is_err() {
                                 return Ok(());
@@ -167,5 +208,56 @@ impl super::Source for FilesSource {
                 tracing::debug!(dir = %self.dir.display(), "manifests changed");
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::fixtures::{ServiceBuilder, SliceBuilder},
+        source::{Kind, SourceEvent},
+    };
+
+    #[test]
+    fn later_reads_become_the_objects_that_changed() {
+        let read = |ports: &[i32], with_slice: bool| {
+            let mut m = Manifests::default();
+            for (i, p) in ports.iter().enumerate() {
+                m.services.push(
+                    ServiceBuilder::cluster_ip("ns", &format!("s{i}"), "10.96.0.1")
+                        .port("http", *p)
+                        .build(),
+                );
+            }
+            if with_slice {
+                m.slices.push(
+                    SliceBuilder::new("ns", "s0")
+                        .port("http", 8080)
+                        .endpoint("10.244.1.5", "n")
+                        .build(),
+                );
+            }
+            index(m, "node-a")
+        };
+        let first = read(&[80, 81], true);
+        let replace = replace_all(&first);
+        assert_eq!(replace.len(), 3);
+        assert!(
+            matches!(&replace[0], SourceEvent::Replace { kind: Kind::Services, objects } if objects.len() == 2)
+        );
+
+        // s1 changes port, s0's slice goes away: one Applied, one Deleted.
+        let second = read(&[80, 90], false);
+        let events = diff(&first, &second);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            matches!(&events[0], SourceEvent::Applied(crate::source::Object::Service(s)) if s.metadata.name.as_deref() == Some("s1"))
+        );
+        assert!(matches!(
+            &events[1],
+            SourceEvent::Deleted(crate::source::Object::Slice(_))
+        ));
+        assert!(diff(&second, &second).is_empty());
     }
 }
