@@ -82,6 +82,7 @@ pub mod bench;
 pub mod config;
 pub mod eligibility;
 pub mod fastpath;
+pub mod inspect;
 pub mod kernel;
 pub mod maglev;
 pub mod netlink;
@@ -89,6 +90,7 @@ pub mod object;
 pub mod policy;
 pub mod reconcile;
 pub mod store;
+pub mod verify;
 pub mod writes;
 
 pub use config::{

@@ -314,7 +314,8 @@ pub enum MapWrite {
     },
 }
 
-fn fmt_key(k: ServiceKey) -> String {
+/// A service key as `address:port/protocol [scope]`.
+pub fn describe_key(k: ServiceKey) -> String {
     let (ip, port) = backend_addr(&Backend {
         addr: k.addr,
         port: k.port,
@@ -360,7 +361,7 @@ impl fmt::Display for MapWrite {
             Self::PutService { key, value } => write!(
                 f,
                 "put service {} -> set {} rev {} ({} backends{})",
-                fmt_key(*key),
+                describe_key(*key),
                 SetId {
                     id: value.id,
                     set: value.set
@@ -373,7 +374,7 @@ impl fmt::Display for MapWrite {
                     String::new()
                 }
             ),
-            Self::DeleteService { key } => write!(f, "delete service {}", fmt_key(*key)),
+            Self::DeleteService { key } => write!(f, "delete service {}", describe_key(*key)),
             Self::DeleteSet {
                 set,
                 revision,
