@@ -3,6 +3,8 @@
 mod oneshot;
 mod preflight;
 mod run;
+mod status;
+mod verify;
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
@@ -53,6 +55,18 @@ pub enum Command {
     /// the rules in place, so traffic keeps flowing while the agent restarts, unless
     /// `cleanupOnExit: true`.
     Run(RunOptions),
+    /// Show what the kernel serves: the plan generation in nftables and in the fast path,
+    /// where each service port's traffic goes and why, packet rates, connection-table
+    /// occupancy and how the programs are attached.
+    ///
+    /// Reads our nftables table and the pinned maps and links without changing or attaching
+    /// anything, so it works whether the agent runs or not. `--json` for a document.
+    Status(status::StatusOptions),
+    /// Check that nftables and the fast path hold what the plan for the current input asks
+    /// for (`--manifests DIR`, or the Kubernetes API as `run` reads it).
+    ///
+    /// Prints each difference and exits non-zero when there is one. Changes nothing.
+    Verify(verify::VerifyOptions),
 }
 
 /// Options of `run`.
@@ -173,6 +187,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cleanup(opts) => oneshot::cleanup(&opts),
         Command::Run(opts) => run::run(&opts),
         Command::Preflight(opts) => preflight::preflight(&opts),
+        Command::Status(opts) => status::status(&opts),
+        Command::Verify(opts) => verify::verify(&opts),
     };
     match result {
         Ok(code) => code,

@@ -100,11 +100,14 @@ pub fn apply(opts: &ManifestOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the hot Services to the fast path after nftables, when acceleration is on. The
+/// Writes the hot Services to the fast path after nftables, when acceleration is on, or
+/// demotes them all when it is off and a fast path is pinned (its flows finish there). The
 /// programs and maps stay pinned after the command exits. A failure leaves nftables serving.
 fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan, generation: u32) {
     let fp_config = config.fast_path();
-    if fp_config.mode == crate::bpf::AccelerationMode::Off {
+    if fp_config.mode == crate::bpf::AccelerationMode::Off
+        && !crate::bpf::is_pinned(&fp_config.pin_path)
+    {
         return;
     }
     let pod_cidrs = state
@@ -150,9 +153,12 @@ pub fn cleanup(opts: &CleanupOptions) -> anyhow::Result<ExitCode> {
     let mut syncer = NftSyncer::new(NftCli::default(), config.masquerade_mark());
     syncer.cleanup().context("removing the nftables tables")?;
     eprintln!("removed tables ip {0} and ip6 {0}", crate::nft::TABLE);
+    // Always: besides the pins (maps and links) it detaches clsact filters of our programs
+    // that kernels before 6.6 leave without pins, even when the pin directory is gone.
     let pin_path = &config.acceleration.pin_path;
-    if crate::bpf::is_pinned(pin_path) {
-        crate::bpf::cleanup(pin_path).context("removing the fast path")?;
+    let was_there = pin_path.exists();
+    crate::bpf::cleanup(pin_path).context("removing the fast path")?;
+    if was_there {
         eprintln!("removed the fast path pinned at {}", pin_path.display());
     }
     Ok(ExitCode::SUCCESS)
