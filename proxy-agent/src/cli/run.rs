@@ -33,6 +33,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// How often ended flows are removed from the fast path's connection table.
+const GC_PERIOD: Duration = Duration::from_secs(10);
+
 /// The fast path's settings when it should run: acceleration is on, or a previous agent
 /// left one pinned (its flows then finish there).
 fn fast_path_config(config: &Config) -> Option<bpf::FastPathConfig> {
@@ -40,8 +43,9 @@ fn fast_path_config(config: &Config) -> Option<bpf::FastPathConfig> {
     (fp.mode != bpf::AccelerationMode::Off || bpf::is_pinned(&fp.pin_path)).then_some(fp)
 }
 
-/// Wakes the loop when links or routes change (new pod interfaces), and periodically to
-/// collect ended fast-path flows.
+/// Wakes the loop when links or routes change (new pod interfaces), every
+/// [`bpf::OBSERVE_PERIOD`] for `auto` mode and the fast path's metrics, and every
+/// [`GC_PERIOD`] to collect ended fast-path flows.
 fn spawn_fast_path_helpers(control: mpsc::Sender<Control>) {
     let watcher_tx = control.clone();
     std::thread::spawn(move || {
@@ -71,10 +75,17 @@ fn spawn_fast_path_helpers(control: mpsc::Sender<Control>) {
         }
     });
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut observe = tokio::time::interval(bpf::OBSERVE_PERIOD);
+        let mut gc = tokio::time::interval(GC_PERIOD);
+        // A loop busy with a long sync gets one request when it is back, not a burst.
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            if control.send(Control::CollectGarbage).await.is_err() {
+            let request = tokio::select! {
+                _ = observe.tick() => Control::Observe,
+                _ = gc.tick() => Control::CollectGarbage,
+            };
+            if control.send(request).await.is_err() {
                 return;
             }
         }

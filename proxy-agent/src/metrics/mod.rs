@@ -1,5 +1,7 @@
 //! Prometheus metrics: kube-proxy's names where one exists, `hybrid_proxy_*` for ours.
 
+pub mod fast_path;
+
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub conntrack_deleted: Counter,
     pub conntrack_failures: Counter,
     pub generation: Gauge,
+    /// `hybrid_proxy_fastpath_*` ([`fast_path::FastPathMetrics::record`]).
+    pub fast_path: fast_path::FastPathMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,6 +91,7 @@ impl Metrics {
             conntrack_deleted: Counter::default(),
             conntrack_failures: Counter::default(),
             generation: Gauge::default(),
+            fast_path: fast_path::FastPathMetrics::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +169,7 @@ impl Metrics {
             "Generation of the last plan applied to nftables",
             m.generation.clone(),
         );
+        m.fast_path.register(&mut registry);
         Self { registry, ..m }
     }
 

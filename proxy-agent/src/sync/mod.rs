@@ -81,6 +81,9 @@ pub enum Control {
     InterfacesChanged,
     /// Time to remove ended flows from the fast path's connection table.
     CollectGarbage,
+    /// Time for `auto` mode to read the per-service counters and move hot services (every
+    /// [`crate::bpf::OBSERVE_PERIOD`]); outside `auto` mode only the metrics are refreshed.
+    Observe,
     /// The configuration file changed (or SIGHUP): apply what can change without a restart.
     Reload(Box<Reload>),
 }
@@ -183,6 +186,33 @@ impl<B: NftBackend> SyncLoop<B> {
                 Ok(report) => tracing::debug!(?report, "fast-path flows collected"),
                 Err(e) => tracing::warn!(error = %e, "collecting fast-path flows failed"),
             },
+            Control::Observe => {
+                // Before the first sync there is no plan to move services within.
+                if let Some(plan) = &self.plan {
+                    match fp.observe(plan, u64::from(self.generation)) {
+                        Ok(report) if !report.changes.is_empty() => {
+                            tracing::info!(%report, "auto acceleration moved services");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "auto acceleration failed; the services stay where they are"
+                        ),
+                    }
+                }
+            }
+        }
+        self.record_fast_path();
+    }
+
+    /// Refreshes the `hybrid_proxy_fastpath_*` metrics from the fast path's maps.
+    fn record_fast_path(&self) {
+        let Some(fp) = &self.fast_path else {
+            return;
+        };
+        match fp.gauges() {
+            Ok(gauges) => self.parts.metrics.fast_path.record(&gauges),
+            Err(e) => tracing::debug!(error = %e, "reading the fast path's figures failed"),
         }
     }
 
@@ -546,6 +576,7 @@ impl<B: NftBackend> SyncLoop<B> {
                 }
             }
         }
+        self.record_fast_path();
         self.report_problems(plan);
         self.service_health.update(plan);
         if std::mem::take(&mut self.parts.drop_capabilities) {
