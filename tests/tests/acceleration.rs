@@ -1,0 +1,953 @@
+//! Acceleration control on real traffic, with nftables present: the namespace lab of
+//! `nft_lab` (node-a, node-b, pods, an external client), programmed by `proxy-agent apply`
+//! or `run`, with the eBPF fast path on top.
+//!
+//! - The fast path changes nothing about where traffic goes: the same exchanges with
+//!   acceleration off and on reach the same backends from the same client addresses, and
+//!   what it refuses (eTP Cluster node ports) still works through nftables.
+//! - `auto` mode promotes a loaded service and demotes it when the load stops; established
+//!   connections survive both moves, and new flows after the demotion go to nftables.
+//! - Toggling the mode under traffic fails no request; a full connection table sends new
+//!   flows to nftables and drops nothing; an agent killed with SIGKILL leaves both paths serving, and
+//!   the restarted one adopts the fast path without resetting a connection.
+//!
+//! Every pin path is `/sys/fs/bpf/hpt-*` and is removed by the test.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Output,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hybrid_proxy_tests::{
+    bpf_harness::chain,
+    lab::{EXTERNAL_IP, Lab, NODE_A_IP, On, agent_binary, wait_for},
+    netns::Netns,
+    privileged,
+    traffic::{self, Connection, Outcome},
+};
+use proxy_agent::{
+    bpf::{
+        FastPath, FastPathConfig, inspect,
+        kernel::{self, KernelMaps},
+        store::MapStore as _,
+    },
+    config::Config,
+    metrics::Metrics,
+    plan::ProxyPlan,
+    source::files,
+};
+use proxy_common::StatIndex;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const WEB: &str = "10.96.0.10:80";
+const WEB_DNS: &str = "10.96.0.10:53";
+const PLAIN: &str = "10.96.0.11:80";
+const STICKY: &str = "10.96.0.12:80";
+const EDGE_LOCAL: &str = "192.168.1.10:30080";
+const EDGE_LB: &str = "198.51.100.7:80";
+const EDGE_CLUSTER: &str = "192.168.1.10:30081";
+
+/// A pin path of one test on the host's bpffs; everything pinned there (and attached from
+/// it) is removed on drop, from inside the lab's node namespace.
+struct Pin {
+    path: PathBuf,
+    netns: String,
+    /// Configuration files written for the test, removed with the pins.
+    files: Mutex<Vec<PathBuf>>,
+}
+
+impl Pin {
+    fn new(test: &str, lab: &Lab) -> Self {
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/hpt-{test}-{}", std::process::id())),
+            netns: lab.node.name().to_owned(),
+            files: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn text(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        for f in self.files.lock().unwrap().drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        let (path, netns) = (self.path.clone(), self.netns.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(f) = std::fs::File::open(format!("/run/netns/{netns}")) {
+                // SAFETY: a namespace descriptor; only this thread's namespace changes.
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+                let _ = kernel::cleanup(&path);
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        })
+        .join();
+    }
+}
+
+/// A Service with ports http (80/TCP) and dns (53/UDP). `spec` and `metadata` are extra
+/// flow-mapping entries.
+fn service(name: &str, cluster_ip: &str, ports: &str, spec: &str, metadata: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default{metadata}}}\n\
+         spec: {{clusterIP: {cluster_ip}, ports: [{ports}]{spec}}}\n---\n"
+    )
+}
+
+const PORTS: &str = "{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}";
+
+/// An EndpointSlice with ready endpoints (pods of the lab) serving http and dns on 8080.
+fn slice(lab: &Lab, service: &str, pods: &[&str]) -> String {
+    let eps: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            let pod = lab.pod(p);
+            let node = if pod.on == On::NodeA {
+                "node-a"
+            } else {
+                "node-b"
+            };
+            format!("{{addresses: [{}], nodeName: {node}}}", pod.ip)
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 8080, protocol: UDP}}]\n\
+         endpoints: [{}]\n---\n",
+        eps.join(", ")
+    )
+}
+
+const OFF: &str = ", annotations: {hybrid-proxy.io/acceleration: \"off\"}";
+
+/// Backends `a1`, `a2` (node-a) and `b1` (node-b) serving 8080; client pod `c1` (node-a).
+fn lab(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    for (pod, on) in [
+        ("a1", On::NodeA),
+        ("a2", On::NodeA),
+        ("b1", On::NodeB),
+        ("c1", On::NodeA),
+    ] {
+        lab.add_pod(pod, on);
+        if pod != "c1" {
+            lab.serve(pod, 8080);
+        }
+    }
+    lab
+}
+
+/// `web` (ClusterIP, TCP and UDP, a1 a2 b1), `plain` (the same, annotated "off": always
+/// nftables), `sticky` (ClientIP affinity), `edge` (eTP Local node port 30080 and LB IP:
+/// XDP), `edge-cluster` (eTP Cluster node port 30081: XDP refuses it, needs SNAT).
+fn manifests(lab: &Lab) -> String {
+    let all = ["a1", "a2", "b1"];
+    [
+        service("web", "10.96.0.10", PORTS, "", ""),
+        slice(lab, "web", &all),
+        service("plain", "10.96.0.11", PORTS, "", OFF),
+        slice(lab, "plain", &all),
+        service(
+            "sticky",
+            "10.96.0.12",
+            PORTS,
+            ", sessionAffinity: ClientIP",
+            "",
+        ),
+        slice(lab, "sticky", &all),
+        service(
+            "edge",
+            "10.96.0.20",
+            "{name: http, port: 80, nodePort: 30080}",
+            ", type: LoadBalancer, externalTrafficPolicy: Local",
+            "",
+        )
+        .replace(
+            "\n---\n",
+            "\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.7}]}}\n---\n",
+        ),
+        slice(lab, "edge", &all),
+        service(
+            "edge-cluster",
+            "10.96.0.21",
+            "{name: http, port: 80, nodePort: 30081}",
+            ", type: NodePort",
+            "",
+        ),
+        slice(lab, "edge-cluster", &all),
+    ]
+    .concat()
+}
+
+/// Writes the agent configuration for this lab and returns its path.
+fn write_config(lab: &Lab, pin: &Pin, mode: &str, extra: &str) -> PathBuf {
+    let path = lab.manifests().with_extension(format!("{mode}.yaml"));
+    pin.files.lock().unwrap().push(path.clone());
+    std::fs::write(
+        &path,
+        format!(
+            "nodeName: node-a\nclusterCIDR: 10.244.0.0/16\nserviceCIDRs: 10.96.0.0/12\n\
+             acceleration:\n  mode: {mode}\n  interfaces: [eth0]\n  pinPath: {}\n{extra}",
+            pin.text()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `proxy-agent status` in node-a.
+fn status_of(lab: &Lab, config: &Path, extra: &[&str]) -> Output {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.node.name()))
+        .arg(agent_binary())
+        .args(["status", "--config", arg(config)])
+        .args(extra)
+        .output()
+        .expect("running proxy-agent status")
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads the pinned fast path (from the test process: bpffs is the host's).
+fn pinned(pin: &Pin) -> inspect::PinnedView {
+    inspect::read(&pin.path)
+        .unwrap_or_else(|e| panic!("reading {}: {}", pin.text(), chain(&e)))
+        .unwrap_or_else(|| panic!("nothing pinned at {}", pin.text()))
+}
+
+fn port<'a>(view: &'a inspect::PinnedView, label: &str) -> &'a inspect::PortView {
+    view.ports
+        .iter()
+        .find(|p| p.label.starts_with(label))
+        .unwrap_or_else(|| panic!("no port {label} in {:#?}", view.ports))
+}
+
+fn stat(view: &inspect::PinnedView, index: StatIndex) -> u64 {
+    view.stats
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// What `n` exchanges got: the set of backends, and the set of peer addresses they saw.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    backends: BTreeSet<String>,
+    peers: BTreeSet<String>,
+}
+
+fn exchanges(from: &Netns, dst: &str, udp: bool, n: usize) -> Result<Seen, String> {
+    let mut seen = Seen {
+        backends: BTreeSet::new(),
+        peers: BTreeSet::new(),
+    };
+    for i in 0..n {
+        let outcome = if udp {
+            traffic::udp(from, addr(dst))
+        } else {
+            traffic::tcp(from, addr(dst))
+        };
+        match outcome {
+            Outcome::Reply { backend, peer } => {
+                seen.backends.insert(backend);
+                seen.peers.insert(peer.ip().to_string());
+            }
+            other => return Err(format!("{dst} exchange {i}: {other:?}")),
+        }
+    }
+    Ok(seen)
+}
+
+/// The exchanges compared between modes: from the pod (TC) and from outside (XDP).
+fn all_exchanges(lab: &Lab) -> Vec<(String, Seen)> {
+    let c1 = &lab.pod("c1").ns;
+    let mut out = Vec::new();
+    for (from, name, dst, udp, n) in [
+        (c1, "pod", WEB, false, 40),
+        (c1, "pod", WEB_DNS, true, 40),
+        (c1, "pod", PLAIN, false, 40),
+        (c1, "pod", STICKY, false, 8),
+        (c1, "pod", EDGE_LB, false, 40),
+        (&lab.external, "external", EDGE_LOCAL, false, 20),
+        (&lab.external, "external", EDGE_LB, false, 20),
+        (&lab.external, "external", EDGE_CLUSTER, false, 40),
+    ] {
+        let mut seen =
+            exchanges(from, dst, udp, n).unwrap_or_else(|e| panic!("{e}\n{}", lab.ruleset()));
+        if dst == STICKY {
+            // ClientIP affinity: one backend, whichever the path picked first.
+            assert_eq!(seen.backends.len(), 1, "{seen:?}");
+            seen.backends = ["(one)".to_owned()].into();
+        }
+        out.push((
+            format!("{name} -> {dst}{}", if udp { "/udp" } else { "" }),
+            seen,
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_fast_path_serves_the_same_backends_and_client_addresses_as_nftables() {
+    if !privileged::root_or_skip("accel_identical") {
+        return;
+    }
+    let lab = lab("aid");
+    let pin = Pin::new("identical", &lab);
+    lab.write_manifests(&manifests(&lab));
+    lab.apply(&[]);
+    let off = all_exchanges(&lab);
+
+    let all = write_config(&lab, &pin, "all", "");
+    let out = lab.apply(&["--config", arg(&all)]);
+    assert!(out.contains("fast path (all)"), "{out}");
+    let before = pinned(&pin);
+    let on = all_exchanges(&lab);
+    let after = pinned(&pin);
+    for ((what, a), (_, b)) in off.iter().zip(&on) {
+        assert_eq!(a, b, "{what}: acceleration off vs all");
+    }
+    // Where each went: web, sticky and edge by the fast path; plain and eTP Cluster by
+    // nftables (counted, never translated).
+    let delta = |label: &str| {
+        let (b, a) = (port(&before, label).counter, port(&after, label).counter);
+        (
+            a.seen_packets - b.seen_packets,
+            a.fast_packets - b.fast_packets,
+        )
+    };
+    for label in [
+        "default/web http",
+        "default/web dns",
+        "default/sticky http",
+        "default/edge http",
+    ] {
+        let (seen, fast) = delta(label);
+        assert!(seen > 0 && fast > 0, "{label}: {seen} seen, {fast} fast");
+    }
+    for label in ["default/plain http", "default/edge-cluster http"] {
+        let (seen, fast) = delta(label);
+        assert!(seen > 0 && fast == 0, "{label}: {seen} seen, {fast} fast");
+    }
+    let cluster = port(&after, "default/edge-cluster http");
+    assert_eq!(cluster.external.to_string(), "nftables (needs SNAT)");
+    assert!(cluster.pods.is_fast(), "pods reach its cluster IP by TC");
+    // The eTP Cluster node port was masqueraded by nftables, as with acceleration off.
+    let edge_cluster = &on.iter().find(|(w, _)| w.contains("30081")).unwrap().1;
+    assert!(
+        !edge_cluster.peers.contains(EXTERNAL_IP),
+        "{edge_cluster:?}"
+    );
+    // Client addresses are kept where kube-proxy keeps them.
+    let web = &on
+        .iter()
+        .find(|(w, _)| w.starts_with("pod -> 10.96.0.10:80"))
+        .unwrap()
+        .1;
+    assert_eq!(web.peers, [lab.pod("c1").ip.to_string()].into());
+
+    // Verify agrees with the kernel; the fast path's half names a tampered entry.
+    let verify = lab.agent("verify", &["--config", arg(&all)]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    let maps = KernelMaps::open_pinned(&pin.path).unwrap();
+    let (key, value) = maps
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|(_, v)| v.flags & proxy_common::service_flags::COUNT_ONLY == 0)
+        .unwrap();
+    let mut maps = maps;
+    maps.delete_service(key).unwrap();
+    let verify = lab.agent("verify", &["--config", arg(&all)]);
+    assert!(!verify.status.success());
+    assert!(
+        stdout(&verify).contains("fast path: service entry")
+            && stdout(&verify).contains("is missing"),
+        "{}",
+        stdout(&verify)
+    );
+    maps.put_service(key, value).unwrap();
+
+    // Demoted (apply with acceleration off): new flows are served by nftables.
+    let off_config = write_config(&lab, &pin, "off", "");
+    lab.apply(&["--config", arg(&off_config)]);
+    let before = pinned(&pin);
+    assert!(before.ports.is_empty(), "mode off leaves no entries");
+    let again = all_exchanges(&lab);
+    assert_eq!(
+        again.iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        off.iter().map(|(_, s)| s).collect::<Vec<_>>()
+    );
+    let after = pinned(&pin);
+    assert_eq!(
+        stat(&after, StatIndex::NewFlow),
+        stat(&before, StatIndex::NewFlow),
+        "no new flow on the fast path after demotion"
+    );
+}
+
+/// Builds the plan `proxy-agent` builds for this lab under `config` (inside node-a, for its
+/// addresses).
+fn plan_of(lab: &Lab, config: &Config) -> ProxyPlan {
+    let (state, _) = files::load_dir(lab.manifests(), "node-a").unwrap();
+    let addresses = lab.node.run(proxy_agent::host::local_addresses).unwrap();
+    proxy_agent::plan::compute(&state, &config.plan_settings(addresses))
+}
+
+fn open_fast_path(lab: &Lab, config: &FastPathConfig) -> FastPath {
+    lab.node.run(|| {
+        FastPath::open(config, &["10.244.1.0/24".parse().unwrap()])
+            .unwrap_or_else(|e| panic!("opening the fast path: {}", chain(&e)))
+    })
+}
+
+/// Sets a flag when dropped: a scope's main thread that panics still stops its helpers (the
+/// scope waits for them before the panic goes on).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Moves the calling thread into a namespace of the lab for good.
+fn enter(netns: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+    // SAFETY: a namespace descriptor; only this thread's namespace changes.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {netns}");
+}
+
+/// A request loop in a pod: requests on one connection `pace` apart, until stopped or `limit`
+/// passes (paced, so that the lab's two CPUs still serve the agent). Counts what it sent and
+/// what failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(netns: &str, dst: SocketAddr, pace: Duration, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (stopping, sending, failing) = (stop.clone(), sent.clone(), failed.clone());
+        let netns = netns.to_owned();
+        let thread = std::thread::spawn(move || {
+            enter(&netns);
+            let started = Instant::now();
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            while !stopping.load(Ordering::Relaxed) && started.elapsed() < limit {
+                sending.fetch_add(1, Ordering::Relaxed);
+                if conn.is_none() {
+                    if let Ok(stream) = TcpStream::connect_timeout(&dst, traffic::TIMEOUT) {
+                        stream.set_read_timeout(Some(traffic::TIMEOUT)).unwrap();
+                        conn = Some(BufReader::new(stream));
+                    } else {
+                        failing.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
+                let stream = conn.as_mut().expect("connected above");
+                let mut line = String::new();
+                let ok = stream.get_mut().write_all(b"load\n").is_ok()
+                    && matches!(stream.read_line(&mut line), Ok(len) if len > 0);
+                if !ok {
+                    failing.fetch_add(1, Ordering::Relaxed);
+                    conn = None;
+                }
+                std::thread::sleep(pace);
+            }
+        });
+        Self {
+            stop,
+            sent,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn auto_mode_promotes_a_loaded_service_and_demotes_it_when_the_load_stops() {
+    if !privileged::root_or_skip("accel_auto") {
+        return;
+    }
+    let lab = lab("aau");
+    let pin = Pin::new("auto", &lab);
+    lab.write_manifests(&manifests(&lab));
+    let config_path = write_config(
+        &lab,
+        &pin,
+        "auto",
+        "  auto: {promoteAbovePps: 100, demoteBelowPps: 20, minDwell: 2s}\n",
+    );
+    // The agent in auto mode: every port counted, nothing measured yet, nothing promoted.
+    let agent = lab.start_agent(&["--config", arg(&config_path)]);
+    let counted = wait_for(Duration::from_secs(5), || {
+        inspect::read(&pin.path).ok().flatten().filter(|v| {
+            v.ports
+                .iter()
+                .any(|p| p.label.starts_with("default/web http"))
+        })
+    });
+    assert!(
+        counted.is_some(),
+        "the fast path never came up\n{}",
+        agent.log_text()
+    );
+    let web = || port(&pinned(&pin), "default/web http").pods.to_string();
+    assert_eq!(web(), "nftables (auto: not hot)");
+
+    // A connection nftables serves, before any move.
+    let c1 = &lab.pod("c1").ns;
+    let mut old = Connection::open(c1, addr(WEB));
+    let old_backend = old.request().backend().to_owned();
+
+    // Load, bounded in time, generated inside the lab: the agent promotes the port.
+    let mut load = Load::start(
+        c1.name(),
+        addr(WEB),
+        Duration::from_millis(1),
+        Duration::from_secs(30),
+    );
+    let started = Instant::now();
+    let promoted = wait_for(Duration::from_secs(12), || {
+        (web() == "fast path").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "not promoted under load: {}\n{}",
+        web(),
+        agent.log_text()
+    );
+    println!("promoted after {:?}", started.elapsed());
+    // status shows the load, measured on the port.
+    let status = status_of(&lab, &config_path, &["--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let rate = json["fast_path"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"].as_str().unwrap().starts_with("default/web http"))
+        .and_then(|p| p["seen_pps"].as_f64())
+        .unwrap_or_default();
+    println!("{rate:.0} pps under load");
+    assert!(rate > 100.0, "{json:#}");
+    assert_eq!(
+        port(&pinned(&pin), "default/plain http").pods.to_string(),
+        "nftables (annotation off)",
+        "the annotation wins"
+    );
+    // New connections are served by the fast path now; the old one is not moved.
+    let before = port(&pinned(&pin), "default/web http").counter;
+    let mut new = Connection::open(c1, addr(WEB));
+    let new_backend = new.request().backend().to_owned();
+    let fast = exchanges(c1, WEB, false, 10).unwrap();
+    assert!(!fast.backends.is_empty());
+    let after = port(&pinned(&pin), "default/web http").counter;
+    assert!(
+        after.fast_packets >= before.fast_packets + 10,
+        "served by the fast path: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        old.request().backend(),
+        old_backend,
+        "kept across the promotion"
+    );
+
+    // The load stops: the agent demotes the port after minDwell.
+    let (sent, failed) = load.stop();
+    println!("load: {sent} requests, {failed} failed");
+    assert_eq!(failed, 0);
+    let stopped = Instant::now();
+    let demoted = wait_for(Duration::from_secs(12), || {
+        (web() == "nftables (auto: not hot)").then_some(())
+    });
+    assert!(
+        demoted.is_some(),
+        "not demoted without load: {}\n{}",
+        web(),
+        agent.log_text()
+    );
+    println!("demoted {:?} after the load stopped", stopped.elapsed());
+    // Both established connections go on, on the path they started on; new flows are
+    // served by nftables.
+    assert_eq!(old.request().backend(), old_backend);
+    assert_eq!(new.request().backend(), new_backend);
+    let new_flows = stat(&pinned(&pin), StatIndex::NewFlow);
+    exchanges(c1, WEB, false, 10).unwrap();
+    assert_eq!(stat(&pinned(&pin), StatIndex::NewFlow), new_flows);
+    let log = agent.log_text();
+    assert!(log.contains("auto acceleration moved services"), "{log}");
+    drop(agent);
+}
+
+#[test]
+fn toggling_the_mode_under_traffic_fails_no_request() {
+    if !privileged::root_or_skip("accel_toggle") {
+        return;
+    }
+    let lab = lab("atg");
+    let pin = Pin::new("toggle", &lab);
+    lab.write_manifests(&manifests(&lab));
+    let config = lab.manifests().with_extension("agent.yaml");
+    pin.files.lock().unwrap().push(config.clone());
+    let write = |mode: &str| {
+        let text = std::fs::read_to_string(write_config(&lab, &pin, mode, "")).unwrap();
+        // Written aside and renamed, as a ConfigMap update does.
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write("all");
+    let agent = lab.start_agent(&["--config", arg(&config)]);
+    let accelerated = || {
+        inspect::read(&pin.path)
+            .ok()
+            .flatten()
+            .map(|v| v.ports.iter().any(|p| p.pods.is_fast()))
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || accelerated().filter(|a| *a)).is_some(),
+        "never accelerated\n{}",
+        agent.log_text()
+    );
+
+    let c1 = lab.pod("c1").ns.name().to_owned();
+    let mut tcp_load = Load::start(
+        &c1,
+        addr(WEB),
+        Duration::from_millis(5),
+        Duration::from_mins(1),
+    );
+    let stop = AtomicBool::new(false);
+    let failures = Mutex::new(Vec::new());
+    let requests = AtomicUsize::new(0);
+    let toggles = std::thread::scope(|s| {
+        // New connections and UDP exchanges, from the pod and from outside.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for (ns, dst, udp) in [
+                    (&lab.pod("c1").ns, WEB, false),
+                    (&lab.pod("c1").ns, WEB_DNS, true),
+                    (&lab.external, EDGE_LOCAL, false),
+                ] {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = exchanges(ns, dst, udp, 1) {
+                        failures.lock().unwrap().push(e);
+                    }
+                }
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        let mut toggles = 0;
+        for round in 0..4 {
+            for (mode, on) in [("off", false), ("all", true)] {
+                write(mode);
+                let applied = wait_for(Duration::from_secs(5), || {
+                    accelerated().filter(|a| *a == on)
+                });
+                assert!(
+                    applied.is_some(),
+                    "round {round}: mode {mode} not applied\n{}",
+                    agent.log_text()
+                );
+                toggles += 1;
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        toggles
+    });
+    let (sent, failed) = tcp_load.stop();
+    let failures = failures.into_inner().unwrap();
+    println!(
+        "{toggles} mode changes; {sent} requests on one connection, {} new-connection and UDP \
+         exchanges",
+        requests.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed, 0, "requests on the long-lived connection failed");
+    assert!(failures.is_empty(), "{failures:#?}\n{}", agent.log_text());
+    drop(agent);
+}
+
+#[test]
+fn a_full_connection_table_sends_new_flows_to_nftables_and_drops_nothing() {
+    if !privileged::root_or_skip("accel_table_full") {
+        return;
+    }
+    let lab = lab("atf");
+    let pin = Pin::new("full", &lab);
+    lab.write_manifests(&manifests(&lab));
+    let config_path = write_config(&lab, &pin, "all", "");
+    lab.apply(&[]);
+    let config = Config::load(&config_path).unwrap();
+    let plan = plan_of(&lab, &config);
+    // Room for three flows (two entries each).
+    let fp_config = FastPathConfig {
+        flow_entries: 6,
+        ..config.fast_path()
+    };
+    let mut fp = open_fast_path(&lab, &fp_config);
+    lab.node.run(|| fp.apply(&plan, 1)).unwrap();
+    let metrics = Metrics::new();
+    metrics.fast_path.record(&fp.gauges().unwrap());
+
+    let c1 = &lab.pod("c1").ns;
+    let mut conns: Vec<(Connection, String)> = (0..8)
+        .map(|i| {
+            let mut c = Connection::open(c1, addr(WEB));
+            let who = c.request();
+            assert!(
+                matches!(who, Outcome::Reply { .. }),
+                "connection {i}: {who:?}"
+            );
+            (c, who.backend().to_owned())
+        })
+        .collect();
+    for (i, (c, who)) in conns.iter_mut().enumerate() {
+        assert_eq!(c.request().backend(), who, "connection {i}");
+    }
+    let view = pinned(&pin);
+    assert_eq!(view.flows.fast, 6, "the table is full");
+    assert!(stat(&view, StatIndex::TableFull) >= 5, "{:?}", view.stats);
+    assert_eq!(stat(&view, StatIndex::NewFlow), 3);
+    exchanges(c1, WEB_DNS, true, 5).expect("UDP goes to nftables too");
+    metrics.fast_path.record(&fp.gauges().unwrap());
+    let text = metrics.encode();
+    assert!(
+        text.contains("hybrid_proxy_fastpath_connection_table_full 1"),
+        "{text}"
+    );
+    // status says so too.
+    let status = status_of(&lab, &config_path, &["--interval", "0"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stdout(&status).contains("went to nftables because the table was full"),
+        "{}",
+        stdout(&status)
+    );
+    drop(fp);
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn a_killed_agent_leaves_both_paths_serving_and_a_restarted_one_resets_no_connection() {
+    if !privileged::root_or_skip("accel_restart") {
+        return;
+    }
+    let lab = lab("ark");
+    let pin = Pin::new("restart", &lab);
+    lab.write_manifests(&manifests(&lab));
+    let config = write_config(&lab, &pin, "all", "");
+    let flags = ["--config", arg(&config)];
+    let mut agent = lab.start_agent(&flags);
+    let ready = || {
+        inspect::read(&pin.path).ok().flatten().filter(|v| {
+            v.ports
+                .iter()
+                .any(|p| p.label.starts_with("default/web http"))
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), ready).is_some(),
+        "the fast path never came up\n{}",
+        agent.log_text()
+    );
+    let view = pinned(&pin);
+    assert!(port(&view, "default/web http").pods.is_fast());
+    assert!(!port(&view, "default/plain http").pods.is_fast());
+    assert!(port(&view, "default/edge http").external.is_fast());
+
+    let c1 = &lab.pod("c1").ns;
+    // Long-lived connections on both paths, and through XDP.
+    let mut long: Vec<(&str, Connection, String)> =
+        [(c1, WEB), (c1, PLAIN), (&lab.external, EDGE_LOCAL)]
+            .into_iter()
+            .map(|(ns, dst)| {
+                let mut c = Connection::open(ns, addr(dst));
+                let who = c.request().backend().to_owned();
+                (dst, c, who)
+            })
+            .collect();
+    let stop = AtomicBool::new(false);
+    let failures = Mutex::new(Vec::new());
+    let requests = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        // A continuous request loop on new connections to both paths.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for (ns, dst) in [(c1, WEB), (c1, PLAIN), (&lab.external, EDGE_LOCAL)] {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = exchanges(ns, dst, false, 1) {
+                        failures.lock().unwrap().push(e);
+                    }
+                }
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        let check_long = |long: &mut Vec<(&str, Connection, String)>, stage: &str| {
+            for (dst, c, who) in long.iter_mut() {
+                let got = c.request();
+                assert!(
+                    matches!(&got, Outcome::Reply { backend, .. } if backend == who),
+                    "{stage}: long-lived connection to {dst}: {got:?}"
+                );
+            }
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        check_long(&mut long, "before the kill");
+
+        agent.signal(libc::SIGKILL);
+        agent.wait();
+        let down = Instant::now();
+        // While it is down: both paths serve, status and verify read the kernel.
+        let status = status_of(&lab, &config, &["--json"]);
+        assert!(status.status.success(), "{}", stderr(&status));
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let fp = &json["fast_path"];
+        assert_eq!(fp["in_step"], true, "{json:#}");
+        let web = fp["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"].as_str().unwrap().starts_with("default/web http"))
+            .unwrap();
+        assert_eq!(web["pods"], "fast path", "{json:#}");
+        assert!(web["seen_pps"].as_f64().unwrap() > 0.0, "{json:#}");
+        assert!(fp["connections"]["fast_flows"].as_u64().unwrap() >= 2);
+        assert!(
+            fp["attachments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["interface"] == "eth0" && a["hook"] == "xdp" && a["live"] == true),
+            "{json:#}"
+        );
+        let verify = lab.agent("verify", &flags);
+        assert!(
+            verify.status.success(),
+            "verify while down: {}{}",
+            stdout(&verify),
+            stderr(&verify)
+        );
+        std::thread::sleep(Duration::from_secs(2).saturating_sub(down.elapsed()));
+        check_long(&mut long, "while the agent is down");
+        assert!(
+            failures.lock().unwrap().is_empty(),
+            "while down: {:#?}",
+            failures.lock().unwrap()
+        );
+
+        // Restarted: it adopts the pinned maps and links.
+        let agent = lab.start_agent(&flags);
+        let synced = wait_for(Duration::from_secs(5), || {
+            agent.log_text().contains("fast path ready").then_some(())
+        });
+        assert!(synced.is_some(), "{}", agent.log_text());
+        std::thread::sleep(Duration::from_secs(1));
+        let verify = lab.agent("verify", &flags);
+        assert!(
+            verify.status.success(),
+            "verify after the restart: {}{}\n{}",
+            stdout(&verify),
+            stderr(&verify),
+            agent.log_text()
+        );
+        check_long(&mut long, "after the restart");
+        stop.store(true, Ordering::Relaxed);
+        drop(agent);
+    });
+    let failures = failures.into_inner().unwrap();
+    println!(
+        "{} requests on new connections across the kill and restart",
+        requests.load(Ordering::Relaxed)
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    check_cleanup(&lab, &pin, &config);
+}
+
+/// `proxy-agent cleanup` removes the tables, the pins, and every attachment: the programs'
+/// counters stop moving under traffic.
+fn check_cleanup(lab: &Lab, pin: &Pin, config: &Path) {
+    let maps = KernelMaps::open_pinned(&pin.path).unwrap();
+    let out = lab.agent("cleanup", &["--config", arg(config)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!pin.path.exists(), "{}", stderr(&out));
+    assert!(
+        lab.node
+            .exec("nft", &["list", "table", "ip", "hybrid-proxy"])
+            .status
+            .code()
+            != Some(0)
+    );
+    let seen = |m: &KernelMaps| {
+        let s = m.stats().unwrap();
+        (
+            s[StatIndex::XdpSeen as usize].packets,
+            s[StatIndex::TcIngressSeen as usize].packets,
+            s[StatIndex::TcEgressSeen as usize].packets,
+        )
+    };
+    let before = seen(&maps);
+    let _ = traffic::tcp(
+        &lab.pod("c1").ns,
+        addr(&format!("{}:8080", lab.pod("a1").ip)),
+    );
+    let _ = traffic::tcp(&lab.external, addr(&format!("{NODE_A_IP}:30080")));
+    assert_eq!(seen(&maps), before, "a program is still attached somewhere");
+}
