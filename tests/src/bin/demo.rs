@@ -6,13 +6,15 @@
 //! served it: first with acceleration off (nftables), then with the eBPF fast path on.
 //! Everything it created is removed at the end.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, process::ExitCode};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, path::Path, process::ExitCode};
 
 use hybrid_proxy_tests::{
     lab::{EXTERNAL_IP, Lab, NODE_A_IP, On},
     netns::Netns,
     traffic::{self, Outcome},
 };
+use proxy_agent::bpf::inspect;
+use proxy_common::StatIndex;
 
 const REQUESTS: usize = 20;
 
@@ -160,23 +162,47 @@ fn run_row(lab: &Lab, row: &Row) -> (String, String) {
     (result.join(", "), seen)
 }
 
-fn table(lab: &Lab, path: &str) -> String {
+/// New flows the fast path pinned at `pin` has started so far.
+fn fast_flows(pin: &Path) -> u64 {
+    match inspect::read(pin) {
+        Ok(Some(view)) => view
+            .stats
+            .iter()
+            .find(|(i, _)| *i == StatIndex::NewFlow)
+            .map_or(0, |(_, n)| *n),
+        _ => 0,
+    }
+}
+
+/// Sends every row's requests and prints where they went. With a fast path pinned at `pin`,
+/// its new-flow counter says which requests it served (each request is a new flow); the
+/// rest went through nftables.
+fn table(lab: &Lab, pin: Option<&Path>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {:<22} {:<42} {:<5} {:<28} {:<16} path",
+        "  {:<22} {:<42} {:<5} {:<28} {:<26} path",
         "from", "to", "proto", "served by", "source seen"
     );
     for row in rows() {
+        let before = pin.map(fast_flows);
         let (served, seen) = run_row(lab, &row);
-        let path = if served.contains("refused") || served.contains("timed out") {
-            "nftables"
+        let fast = pin
+            .zip(before)
+            .map_or(0, |(p, b)| fast_flows(p).saturating_sub(b));
+        let hook = if row.from == "external client" {
+            "XDP"
         } else {
-            path
+            "TC"
+        };
+        let path = match usize::try_from(fast).unwrap_or(usize::MAX) {
+            0 => "nftables".to_owned(),
+            n if n >= REQUESTS => format!("fast path ({hook})"),
+            n => format!("fast path ({hook}) x{n}, nftables x{}", REQUESTS - n),
         };
         let _ = writeln!(
             out,
-            "  {:<22} {:<42} {:<5} {:<28} {:<16} {}",
+            "  {:<22} {:<42} {:<5} {:<28} {:<26} {}",
             row.from,
             row.to,
             if row.udp { "UDP" } else { "TCP" },
@@ -233,18 +259,22 @@ fn main() -> ExitCode {
 
     println!("\n== proxy-agent apply (acceleration off): every Service through nftables");
     print!("{}", indent(&lab.apply(&[])));
-    println!("{}", table(&lab, "nftables"));
+    println!("{}", table(&lab, None));
 
     let config = lab.manifests().with_extension("config.yaml");
+    let pin = Path::new("/sys/fs/bpf/hpt-demo");
     std::fs::write(
         &config,
-        "acceleration:\n  mode: all\n  interfaces: [eth0]\n  pinPath: /sys/fs/bpf/hpt-demo\n",
+        format!(
+            "acceleration:\n  mode: all\n  interfaces: [eth0]\n  pinPath: {}\n",
+            pin.display()
+        ),
     )
     .unwrap();
     println!("== proxy-agent apply --acceleration all: hot Services from the eBPF fast path");
     let out = lab.agent("apply", &["--config", config.to_str().unwrap()]);
     print!("{}", indent(&String::from_utf8_lossy(&out.stderr)));
-    println!("{}", table(&lab, "fast path / nftables"));
+    println!("{}", table(&lab, Some(pin)));
 
     let out = lab.agent("cleanup", &["--config", config.to_str().unwrap()]);
     print!("{}", indent(&String::from_utf8_lossy(&out.stderr)));
