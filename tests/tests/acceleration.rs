@@ -31,6 +31,7 @@ use hybrid_proxy_tests::{
     lab::{EXTERNAL_IP, Lab, NODE_A_IP, On, agent_binary, wait_for},
     netns::Netns,
     privileged,
+    reliability::record,
     traffic::{self, Connection, Outcome},
 };
 use proxy_agent::{
@@ -637,6 +638,87 @@ fn auto_mode_promotes_a_loaded_service_and_demotes_it_when_the_load_stops() {
 }
 
 #[test]
+fn hot_services_beyond_the_fast_paths_room_stay_on_nftables_and_serve() {
+    if !privileged::root_or_skip("accel_capacity") {
+        return;
+    }
+    let lab = lab("acp");
+    let pin = Pin::new("capacity", &lab);
+    lab.write_manifests(&manifests(&lab));
+    // Room for one promoted port; two get loaded.
+    let config_path = write_config(
+        &lab,
+        &pin,
+        "auto",
+        "  auto: {promoteAbovePps: 100, demoteBelowPps: 20, minDwell: 2s, maxServices: 1}\n",
+    );
+    let agent = lab.start_agent(&["--config", arg(&config_path)]);
+    let c1 = lab.pod("c1").ns.name().to_owned();
+    let limit = Duration::from_secs(30);
+    let pace = Duration::from_millis(1);
+    let mut loads = [
+        Load::start(&c1, addr(WEB), pace, limit),
+        Load::start(&c1, addr(STICKY), pace, limit),
+    ];
+    let paths = || {
+        let view = inspect::read(&pin.path).ok().flatten()?;
+        let find = |label: &str| {
+            view.ports
+                .iter()
+                .find(|p| p.label.starts_with(label))
+                .map(|p| p.pods.to_string())
+        };
+        Some([find("default/web http")?, find("default/sticky http")?])
+    };
+    let settled = wait_for(Duration::from_secs(12), || {
+        paths().filter(|p| {
+            p.contains(&"fast path".to_owned())
+                && p.contains(&"nftables (auto: hot, fast path full)".to_owned())
+        })
+    });
+    let settled = settled.unwrap_or_else(|| {
+        panic!(
+            "one promoted, one held for room: {:?}\n{}",
+            paths(),
+            agent.log_text()
+        )
+    });
+    println!("web, sticky: {settled:?}");
+    let metrics = wait_for(Duration::from_secs(5), || {
+        traffic::http_get(&lab.node, addr("127.0.0.1:10249"), "/metrics")
+            .ok()
+            .filter(|(_, text)| text.contains("hybrid_proxy_fastpath_held_for_capacity 1"))
+    });
+    assert!(metrics.is_some(), "no held_for_capacity metric");
+    // The held port still serves, through nftables: its fast-path counter does not move.
+    let held = if settled[0] == "fast path" {
+        ("default/sticky http", STICKY)
+    } else {
+        ("default/web http", WEB)
+    };
+    let before = port(&pinned(&pin), held.0).counter;
+    exchanges(&lab.pod("c1").ns, held.1, false, 10).unwrap();
+    let after = port(&pinned(&pin), held.0).counter;
+    assert_eq!(after.fast_packets, before.fast_packets, "{}", held.0);
+    assert!(after.seen_packets > before.seen_packets, "{}", held.0);
+    let tallies = loads.each_mut().map(Load::stop);
+    let (sent, failed) = tallies
+        .iter()
+        .fold((10, 0), |(s, f), (sent, failed)| (s + sent, f + failed));
+    record(
+        "fast path: more hot services than it may hold",
+        1,
+        sent as u64,
+        failed as u64,
+    );
+    for ((sent, failed), what) in tallies.iter().zip(["web", "sticky"]) {
+        println!("{what}: {sent} requests, {failed} failed");
+        assert_eq!(*failed, 0, "{what}");
+    }
+    drop(agent);
+}
+
+#[test]
 fn toggling_the_mode_under_traffic_fails_no_request() {
     if !privileged::root_or_skip("accel_toggle") {
         return;
@@ -694,7 +776,7 @@ fn toggling_the_mode_under_traffic_fails_no_request() {
             }
         });
         let _stop = StopOnDrop(&stop);
-        let mut toggles = 0;
+        let mut toggles: u64 = 0;
         for round in 0..4 {
             for (mode, on) in [("off", false), ("all", true)] {
                 write(mode);
@@ -715,6 +797,12 @@ fn toggling_the_mode_under_traffic_fails_no_request() {
     });
     let (sent, failed) = tcp_load.stop();
     let failures = failures.into_inner().unwrap();
+    record(
+        "fast path: mode toggled off/all under traffic",
+        toggles,
+        (sent + requests.load(Ordering::Relaxed)) as u64,
+        (failed + failures.len()) as u64,
+    );
     println!(
         "{toggles} mode changes; {sent} requests on one connection, {} new-connection and UDP \
          exchanges",
@@ -916,6 +1004,12 @@ fn a_killed_agent_leaves_both_paths_serving_and_a_restarted_one_resets_no_connec
     println!(
         "{} requests on new connections across the kill and restart",
         requests.load(Ordering::Relaxed)
+    );
+    record(
+        "fast path: agent SIGKILLed and restarted under traffic",
+        1,
+        requests.load(Ordering::Relaxed) as u64,
+        failures.len() as u64,
     );
     assert!(failures.is_empty(), "{failures:#?}");
     check_cleanup(&lab, &pin, &config);
