@@ -153,6 +153,25 @@ impl Lab {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// Pod `name` as an EndpointSlice endpoint, `{addresses: [IP], nodeName: NODE<extra>}`
+    /// (`extra`: more flow-mapping entries, e.g. `, conditions: {ready: false}`).
+    pub fn endpoint(&self, name: &str, extra: &str) -> String {
+        let pod = self.pod(name);
+        let node = match pod.on {
+            On::NodeA => NODE_A,
+            On::NodeB => "node-b",
+        };
+        format!("{{addresses: [{}], nodeName: {node}{extra}}}", pod.ip)
+    }
+
+    /// The ready endpoints of `pods`, comma-separated, for an `endpoints: [...]` list.
+    pub fn endpoints(&self, pods: &[&str]) -> String {
+        pods.iter()
+            .map(|p| self.endpoint(p, ""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Starts TCP and UDP servers named after the pod on `port`.
     pub fn serve(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod);

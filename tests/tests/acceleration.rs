@@ -113,24 +113,12 @@ const PORTS: &str = "{name: http, port: 80}, {name: dns, port: 53, protocol: UDP
 
 /// An EndpointSlice with ready endpoints (pods of the lab) serving http and dns on 8080.
 fn slice(lab: &Lab, service: &str, pods: &[&str]) -> String {
-    let eps: Vec<String> = pods
-        .iter()
-        .map(|p| {
-            let pod = lab.pod(p);
-            let node = if pod.on == On::NodeA {
-                "node-a"
-            } else {
-                "node-b"
-            };
-            format!("{{addresses: [{}], nodeName: {node}}}", pod.ip)
-        })
-        .collect();
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
          addressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 8080, protocol: UDP}}]\n\
          endpoints: [{}]\n---\n",
-        eps.join(", ")
+        lab.endpoints(pods)
     )
 }
 

@@ -14,20 +14,6 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn manifests(lab: &Lab, endpoints: &[&str], lb_endpoints: &[&str]) -> String {
-    let eps = |pods: &[&str]| {
-        pods.iter()
-            .map(|p| {
-                let pod = lab.pod(p);
-                let node = if pod.on == On::NodeA {
-                    "node-a"
-                } else {
-                    "node-b"
-                };
-                format!("{{addresses: [{}], nodeName: {node}}}", pod.ip)
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
          spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80}}]}}\n---\n\
@@ -41,8 +27,8 @@ fn manifests(lab: &Lab, endpoints: &[&str], lb_endpoints: &[&str]) -> String {
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}\n\
          addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n---\n",
-        eps(endpoints),
-        eps(lb_endpoints)
+        lab.endpoints(endpoints),
+        lab.endpoints(lb_endpoints)
     )
 }
 

@@ -90,16 +90,16 @@ fn slice_yaml(
     let eps: Vec<String> = endpoints
         .iter()
         .map(|(pod, condition)| {
-            let pod = lab.pod(pod);
-            let node = if pod.on == On::NodeA { NODE_A } else { "node-b" };
             let (ready, serving, terminating) = match condition {
                 Condition::Ready => (true, true, false),
                 Condition::Terminating => (false, true, true),
                 Condition::NotReady => (false, false, false),
             };
-            format!(
-                "{{addresses: [{}], nodeName: {node}, conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}}}",
-                pod.ip
+            lab.endpoint(
+                pod,
+                &format!(
+                    ", conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}"
+                ),
             )
         })
         .collect();

@@ -19,21 +19,12 @@ use proxy_common::StatIndex;
 const REQUESTS: usize = 20;
 
 fn manifests(lab: &Lab) -> String {
-    let ep = |pod: &str| {
-        let p = lab.pod(pod);
-        let node = if p.on == On::NodeA {
-            "node-a"
-        } else {
-            "node-b"
-        };
-        format!("{{addresses: [{}], nodeName: {node}}}", p.ip)
-    };
     let slice = |svc: &str, ports: &str, pods: &[&str]| {
         format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: {svc}-1, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
              addressType: IPv4\nports: [{ports}]\nendpoints: [{}]\n---\n",
-            pods.iter().map(|p| ep(p)).collect::<Vec<_>>().join(", ")
+            lab.endpoints(pods)
         )
     };
     let mut y = String::new();
