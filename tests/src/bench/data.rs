@@ -475,37 +475,31 @@ pub fn measure(opts: &Options) -> anyhow::Result<DataResult> {
     })
 }
 
-/// The programs' cost per packet at each service count: the service counts alternate
-/// `cost_alternations` times, and each case keeps its lowest median (other work only ever
-/// adds time).
+/// The programs' cost per packet at each service count, measured in turn on datapaths
+/// loaded side by side ([`proxy_agent::bpf::bench::prog_costs`]).
 fn prog_cost(opts: &Options) -> anyhow::Result<Vec<ProgCostRow>> {
-    let mut best: BTreeMap<(usize, String, String), f64> = BTreeMap::new();
-    let mut order = Vec::new();
-    for _ in 0..opts.cost_alternations.max(1) {
-        for &services in &opts.cost_services {
-            eprintln!("bench: per-packet cost, {services} services");
-            let rows =
-                proxy_agent::bpf::bench::prog_cost(services, opts.cost_repeat, opts.cost_rounds)
-                    .map_err(|e| anyhow::anyhow!("{}", crate::bpf_harness::chain(&e)))?;
-            for r in rows {
-                #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
-                let ns = r.per_packet.as_nanos() as f64;
-                let key = (services, r.program.to_owned(), r.case.to_owned());
-                if !best.contains_key(&key) {
-                    order.push(key.clone());
-                }
-                let v = best.entry(key).or_insert(ns);
-                *v = v.min(ns);
-            }
-        }
-    }
-    Ok(order
+    eprintln!(
+        "bench: per-packet cost with {:?} services",
+        opts.cost_services
+    );
+    let rows = proxy_agent::bpf::bench::prog_costs(
+        &opts.cost_services,
+        opts.cost_repeat,
+        opts.cost_rounds,
+        u32::try_from(opts.cost_alternations).unwrap_or(u32::MAX),
+    )
+    .map_err(|e| anyhow::anyhow!("{}", crate::bpf_harness::chain(&e)))?;
+    Ok(rows
         .into_iter()
-        .map(|key| ProgCostRow {
-            ns_per_packet: best[&key],
-            services: key.0,
-            program: key.1,
-            case: key.2,
+        .map(|r| {
+            #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
+            let ns = r.per_packet.as_nanos() as f64;
+            ProgCostRow {
+                ns_per_packet: ns,
+                services: r.services,
+                program: r.program.to_owned(),
+                case: r.case.to_owned(),
+            }
         })
         .collect())
 }

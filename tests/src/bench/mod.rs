@@ -92,7 +92,7 @@ impl Options {
             cost_services: vec![1, 10_000],
             cost_repeat: 100_000,
             cost_rounds: 5,
-            cost_alternations: 3,
+            cost_alternations: 5,
         }
     }
 
