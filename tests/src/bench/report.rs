@@ -733,8 +733,12 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "### Per-packet cost\n\n`BPF_PROG_TEST_RUN` of the programs on a private copy \
-                 of the datapath, median of the kernel's average over the runs.\n\n{}",
+                "### Per-packet cost\n\n`BPF_PROG_TEST_RUN` of the programs on private copies \
+                 of the datapath, one per service count, loaded side by side and measured in \
+                 turn, case by case: the kernel's average per run, median of a few rounds, \
+                 lowest of several turns. On a shared VM a case can sit 20-30% higher for \
+                 seconds at a time, so differences of that size between counts are within \
+                 noise; compare several runs.\n\n{}",
                 self.cost_table()
             );
         }
