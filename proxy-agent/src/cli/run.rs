@@ -256,7 +256,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<ExitCode> {
             },
         };
         let sync_loop = SyncLoop::new(
-            NftSyncer::new(NftCli::default(), config.masquerade_mark()),
+            // One libnftables context for the agent's life: no `nft` process, and no wait
+            // for its socket to close, on each sync.
+            NftSyncer::new(NftCli::in_process(), config.masquerade_mark()),
             parts,
         );
         let (tx, rx) = mpsc::channel(1024);

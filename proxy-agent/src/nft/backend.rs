@@ -4,9 +4,10 @@ use std::{
     collections::BTreeSet,
     io::Write as _,
     process::{Command, Stdio},
+    sync::{Arc, Mutex, PoisonError},
 };
 
-use super::{Family, NftError, TABLE, transaction::Transaction};
+use super::{Family, NftError, TABLE, libnft::Libnftables, transaction::Transaction};
 
 /// Names of the chains and sets in one of our tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,21 +35,86 @@ pub trait NftBackend {
     fn read_generation(&mut self) -> Result<Option<u32>, NftError>;
 }
 
-/// The `nft` command.
+/// The `nft` command; with [`NftCli::in_process`], transactions go through libnftables in
+/// this process instead (listings still run `nft`).
 #[derive(Clone, Debug)]
 pub struct NftCli {
     pub program: String,
+    in_process: Option<Arc<Mutex<InProcess>>>,
+}
+
+/// The in-process library: opened at the first transaction, in that thread's network
+/// namespace.
+#[derive(Debug)]
+enum InProcess {
+    NotYet,
+    Open(Libnftables),
+    /// It could not be opened; the `nft` program serves.
+    Unavailable,
 }
 
 impl Default for NftCli {
     fn default() -> Self {
         Self {
             program: "nft".into(),
+            in_process: None,
         }
     }
 }
 
+/// The first lines of nft's error messages, for [`NftError::Rejected`].
+fn first_lines(text: &str) -> String {
+    text.lines().take(12).collect::<Vec<_>>().join("\n")
+}
+
 impl NftCli {
+    /// Transactions through libnftables in this process, which keeps one netlink socket
+    /// instead of starting `nft` (and waiting for its socket to close) for each; falls back
+    /// to the `nft` program, saying so, when the library cannot be opened. For long-lived
+    /// callers (the sync loop) that stay in one network namespace.
+    pub fn in_process() -> Self {
+        Self {
+            in_process: Some(Arc::new(Mutex::new(InProcess::NotYet))),
+            ..Self::default()
+        }
+    }
+
+    /// Runs `tx` through the library when this is an in-process backend and the library
+    /// opens; `None` when the `nft` program should run it.
+    fn run_in_process(&self, tx: &Transaction, check: bool) -> Option<Result<(), NftError>> {
+        let mut state = self
+            .in_process
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, InProcess::NotYet) {
+            *state = match Libnftables::open() {
+                Ok(lib) => {
+                    tracing::debug!("nftables transactions go through libnftables in-process");
+                    InProcess::Open(lib)
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "libnftables cannot be opened; running `nft` for each transaction"
+                    );
+                    InProcess::Unavailable
+                }
+            };
+        }
+        let InProcess::Open(lib) = &mut *state else {
+            return None;
+        };
+        Some(
+            lib.run(&tx.to_nft(), check)
+                .map(drop)
+                .map_err(|errors| NftError::Rejected {
+                    status: "libnftables".to_owned(),
+                    stderr: first_lines(&errors),
+                }),
+        )
+    }
+
     fn run(&self, args: &[&str], input: Option<&str>) -> Result<std::process::Output, NftError> {
         let mut child = Command::new(&self.program)
             .args(args)
@@ -84,6 +150,9 @@ impl NftCli {
     }
 
     fn run_tx(&self, tx: &Transaction, check: bool) -> Result<(), NftError> {
+        if let Some(result) = self.run_in_process(tx, check) {
+            return result;
+        }
         let args: &[&str] = if check {
             &["--check", "-f", "-"]
         } else {
@@ -93,11 +162,9 @@ impl NftCli {
         if out.status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr: Vec<&str> = stderr.lines().take(12).collect();
         Err(NftError::Rejected {
             status: out.status.to_string(),
-            stderr: stderr.join("\n"),
+            stderr: first_lines(&String::from_utf8_lossy(&out.stderr)),
         })
     }
 }

@@ -13,6 +13,7 @@
 
 mod backend;
 mod fake;
+mod libnft;
 pub mod render;
 mod syncer;
 mod transaction;

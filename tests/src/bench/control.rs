@@ -132,13 +132,25 @@ pub struct ControlResult {
     pub kube_proxy: KubeLayout,
 }
 
-/// The `nft` command, timed: wall time, and CPU time of the `nft` processes.
-#[derive(Debug, Default)]
+/// The agent's nftables backend (libnftables in-process, as `run` uses it), timed: wall
+/// time, and CPU time of nftables' work (this thread's, and any `nft` process').
+#[derive(Debug)]
 struct TimedNft {
     inner: NftCli,
     spent: Duration,
     cpu: Duration,
     last_text: String,
+}
+
+impl Default for TimedNft {
+    fn default() -> Self {
+        Self {
+            inner: NftCli::in_process(),
+            spent: Duration::ZERO,
+            cpu: Duration::ZERO,
+            last_text: String::new(),
+        }
+    }
 }
 
 impl TimedNft {
@@ -151,27 +163,30 @@ impl TimedNft {
     }
 
     fn timed<T>(&mut self, f: impl FnOnce(&mut NftCli) -> T) -> T {
-        let cpu = children_cpu();
+        let cpu = nft_cpu();
         let started = Instant::now();
         let result = f(&mut self.inner);
         self.spent += started.elapsed();
-        self.cpu += children_cpu().saturating_sub(cpu);
+        self.cpu += nft_cpu().saturating_sub(cpu);
         result
     }
 }
 
-/// User and system time of every child process this process has waited for (only `nft`
-/// runs while the syncer is measured).
-fn children_cpu() -> Duration {
-    // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is valid for writes.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+/// User and system time of this thread (libnftables runs in it) and of every child process
+/// this process has waited for (only `nft` runs while the syncer is measured).
+fn nft_cpu() -> Duration {
+    let used = |who: libc::c_int| {
+        // SAFETY: an all-zero rusage is a valid value for the kernel to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is valid for writes.
+        unsafe { libc::getrusage(who, &raw mut usage) };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+                + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+        };
+        tv(usage.ru_utime) + tv(usage.ru_stime)
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    used(libc::RUSAGE_CHILDREN) + used(libc::RUSAGE_THREAD)
 }
 
 impl NftBackend for TimedNft {

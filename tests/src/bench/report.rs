@@ -600,13 +600,14 @@ impl Report {
         format!(
             "**A one-endpoint partial sync at {} x {}** took {}: planning {} \
              (`Planner::update`), building the transaction {} (`NftSyncer`: rendering the changed \
-             Service before and after, diffing, bookkeeping), `nft` {}. `nft` was on a CPU for {} \
-             of that; starting it alone (`nft --version`) takes {} and a transaction that changes \
-             nothing on the loaded table {}. The rest of `nft`'s time it sleeps: a `perf` trace of \
-             `sched_switch` showed it blocked in `close()` of its netlink socket \
-             (`netlink_release` -> `nft_rcv_nl_event` -> `__flush_work`), waiting for \
-             nf_tables' deferred destruction of the transaction's objects, which waits for an RCU \
-             grace period first. The transaction itself ({} bytes):\n\n```\n{}```\n",
+             Service before and after, diffing, bookkeeping), nftables {} (libnftables in the \
+             agent's process, on a CPU for {} of that). For comparison, the `nft` program: \
+             starting it alone (`nft --version`) takes {}, and a transaction that changes nothing \
+             on the loaded table {}, most of it asleep in `close()` of its netlink socket \
+             (`netlink_release` -> `nft_rcv_nl_event` -> `__flush_work`, in a `perf` trace of \
+             `sched_switch`), waiting for nf_tables' deferred destruction of the transaction, \
+             which waits for an RCU grace period first; the agent keeps its socket open and \
+             does not wait. The transaction itself ({} bytes):\n\n```\n{}```\n",
             thousands(r.services),
             r.endpoints,
             msf(p.total_ms),
