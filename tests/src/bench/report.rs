@@ -603,11 +603,12 @@ impl Report {
              Service before and after, diffing, bookkeeping), nftables {} (libnftables in the \
              agent's process, on a CPU for {} of that). For comparison, the `nft` program: \
              starting it alone (`nft --version`) takes {}, and a transaction that changes nothing \
-             on the loaded table {}, most of it asleep in `close()` of its netlink socket \
-             (`netlink_release` -> `nft_rcv_nl_event` -> `__flush_work`, in a `perf` trace of \
-             `sched_switch`), waiting for nf_tables' deferred destruction of the transaction, \
-             which waits for an RCU grace period first; the agent keeps its socket open and \
-             does not wait. The transaction itself ({} bytes):\n\n```\n{}```\n",
+             on the loaded table {}; after a transaction that changes something, an `nft` \
+             process also sleeps in `close()` of its netlink socket (`netlink_release` -> \
+             `nft_rcv_nl_event` -> `__flush_work`, in a `perf` trace of `sched_switch`), waiting \
+             for nf_tables' deferred destruction of the transaction, which waits for an RCU grace \
+             period first (10-20 ms here). The agent keeps its socket open and does not wait. \
+             The transaction itself ({} bytes):\n\n```\n{}```\n",
             thousands(r.services),
             r.endpoints,
             msf(p.total_ms),
