@@ -7,7 +7,7 @@
 //!   what it refuses (eTP Cluster node ports) still works through nftables.
 //! - `auto` mode promotes a loaded service and demotes it when the load stops; established
 //!   connections survive both moves, and new flows after the demotion go to nftables.
-//! - Toggling the mode under traffic fails no request; a full connection table sends new
+//! - Changing the mode or the XDP interfaces under traffic fails no request; a full connection table sends new
 //!   flows to nftables and drops nothing; an agent killed with SIGKILL leaves both paths serving, and
 //!   the restarted one adopts the fast path without resetting a connection.
 //!
@@ -707,7 +707,8 @@ fn hot_services_beyond_the_fast_paths_room_stay_on_nftables_and_serve() {
 }
 
 #[test]
-fn toggling_the_mode_under_traffic_fails_no_request() {
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
     if !privileged::root_or_skip("accel_toggle") {
         return;
     }
@@ -716,13 +717,16 @@ fn toggling_the_mode_under_traffic_fails_no_request() {
     lab.write_manifests(&manifests(&lab));
     let config = lab.manifests().with_extension("agent.yaml");
     pin.files.lock().unwrap().push(config.clone());
-    let write = |mode: &str| {
-        let text = std::fs::read_to_string(write_config(&lab, &pin, mode, "")).unwrap();
+    let write_with = |mode: &str, interfaces: &str| {
+        let text = std::fs::read_to_string(write_config(&lab, &pin, mode, ""))
+            .unwrap()
+            .replace("interfaces: [eth0]", &format!("interfaces: {interfaces}"));
         // Written aside and renamed, as a ConfigMap update does.
         let tmp = config.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &config).unwrap();
     };
+    let write = |mode: &str| write_with(mode, "[eth0]");
     write("all");
     let agent = lab.start_agent(&["--config", arg(&config)]);
     let accelerated = || {
@@ -780,19 +784,40 @@ fn toggling_the_mode_under_traffic_fails_no_request() {
                 std::thread::sleep(Duration::from_millis(400));
             }
         }
+        // The node interfaces too: XDP leaves eth0 and comes back, under the same traffic.
+        let xdp_on_eth0 = || {
+            inspect::read(&pin.path).ok().flatten().map(|v| {
+                v.attachments.iter().any(|a| {
+                    a.attachment.interface == "eth0" && a.attachment.hook == kernel::Hook::Xdp
+                })
+            })
+        };
+        for (interfaces, on) in [("[]", false), ("[eth0]", true)] {
+            write_with("all", interfaces);
+            let applied = wait_for(Duration::from_secs(5), || {
+                xdp_on_eth0().filter(|a| *a == on)
+            });
+            assert!(
+                applied.is_some(),
+                "interfaces {interfaces} not applied\n{}",
+                agent.log_text()
+            );
+            toggles += 1;
+            std::thread::sleep(Duration::from_millis(400));
+        }
         stop.store(true, Ordering::Relaxed);
         toggles
     });
     let (sent, failed) = tcp_load.stop();
     let failures = failures.into_inner().unwrap();
     record(
-        "fast path: mode toggled off/all under traffic",
+        "fast path: mode and interfaces changed under traffic",
         toggles,
         (sent + requests.load(Ordering::Relaxed)) as u64,
         (failed + failures.len()) as u64,
     );
     println!(
-        "{toggles} mode changes; {sent} requests on one connection, {} new-connection and UDP \
+        "{toggles} mode and interface changes; {sent} requests on one connection, {} new-connection and UDP \
          exchanges",
         requests.load(Ordering::Relaxed)
     );
