@@ -112,9 +112,6 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const IP_HLEN: usize = 20;
 const L4_OFF: usize = ETH_HLEN + IP_HLEN;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SADDR_OFF: usize = ETH_HLEN + 12;
-const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const IPPROTO_TCP: u8 = 6;
@@ -571,8 +568,11 @@ fn xdp_dnat(data: usize, end: usize, pkt: &Packet, to: &Backend) -> Option<()> {
     Some(())
 }
 
-/// TC: rewrites an address and port with the kernel's helpers, which also handle the
-/// partial checksums of locally generated packets (`CHECKSUM_PARTIAL`).
+/// TC: rewrites an address and port. The IPv4 header (whose checksum is always complete)
+/// and the fields are written directly; the transport checksum goes through the kernel's
+/// helper, which alone knows whether it is complete or the partial checksum of a locally
+/// generated packet (`CHECKSUM_PARTIAL`). Direct writes come first: the helper moves the
+/// packet's pointers.
 #[inline(always)]
 fn tc_rewrite(
     ctx: &TcContext,
@@ -582,16 +582,29 @@ fn tc_rewrite(
     old_port: u16,
     to: &Backend,
 ) -> Result<(), i64> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + L4_OFF + 4 > end {
+        return Err(0);
+    }
+    // SAFETY: `parse` checked the IPv4 header at these offsets, the check above the two
+    // ports; the verifier makes the packet writable (unclones it) for direct writes.
+    unsafe {
+        let ip = (data + ETH_HLEN) as *mut Ipv4Hdr;
+        let ports = (data + L4_OFF) as *mut [u16; 2];
+        if source {
+            (*ip).saddr = to.addr;
+            (*ports)[0] = to.port;
+        } else {
+            (*ip).daddr = to.addr;
+            (*ports)[1] = to.port;
+        }
+        (*ip).check = csum_replace4((*ip).check, old_addr, to.addr);
+    }
     let csum_off = pkt.l4_csum_off();
     let mangled0 = if pkt.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
-    };
-    let (addr_off, port_off) = if source {
-        (IP_SADDR_OFF, L4_OFF)
-    } else {
-        (IP_DADDR_OFF, L4_OFF + 2)
     };
     ctx.l4_csum_replace(
         csum_off,
@@ -605,9 +618,6 @@ fn tc_rewrite(
         u64::from(to.port),
         mangled0 | 2,
     )?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(to.addr), 4)?;
-    ctx.store(addr_off, &to.addr, 0)?;
-    ctx.store(port_off, &to.port, 0)?;
     Ok(())
 }
 
