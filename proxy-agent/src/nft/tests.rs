@@ -248,6 +248,30 @@ fn an_unchanged_plan_writes_nothing() {
 }
 
 #[test]
+fn a_replan_with_nothing_changed_writes_nothing_and_then_changes_are_one_service_each() {
+    let (services, mut slices) = cluster();
+    let mut state = state_of(&services, &slices);
+    let mut planner = Planner::new(settings());
+    let mut syncer = syncer();
+    syncer.sync(&planner.full(&state)).unwrap();
+    let before = syncer.backend().applied.len();
+    // Planned anew: every Service is a new copy with the same content.
+    let report = syncer.sync(&planner.full(&state)).unwrap();
+    assert_eq!((report.kind, report.services), (SyncKind::Partial, 0));
+    assert_eq!(syncer.backend().applied.len(), before);
+    slices[0] = SliceBuilder::new("default", "web")
+        .port("http", 8080)
+        .endpoint("10.244.1.5", "node-a")
+        .build();
+    let changed = state.upsert_slice(slices[0].clone()).unwrap();
+    let plan = planner.update(&state, &changed);
+    let report = syncer.sync(&plan).unwrap();
+    assert_eq!((report.kind, report.services), (SyncKind::Partial, 1));
+    syncer.sync(&plan).unwrap();
+    assert_eq!(syncer.backend().dump(), fresh_full_dump(&plan));
+}
+
+#[test]
 fn a_failed_apply_keeps_the_old_rules_and_forces_a_full_sync() {
     let (services, mut slices) = cluster();
     let mut state = state_of(&services, &slices);
