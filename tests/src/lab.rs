@@ -18,6 +18,9 @@ use std::{
     process::{Command, Output},
 };
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use proxy_agent::model::fixtures::SliceBuilder;
+
 use crate::{netns::Netns, traffic::Server};
 
 pub const NODE_A: &str = "node-a";
@@ -45,6 +48,16 @@ pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
     pub on: On,
+}
+
+impl Pod {
+    /// The name of the node it runs on, as EndpointSlices and Nodes spell it.
+    pub fn node(&self) -> &'static str {
+        match self.on {
+            On::NodeA => NODE_A,
+            On::NodeB => "node-b",
+        }
+    }
 }
 
 /// The lab; see the module docs.
@@ -157,11 +170,22 @@ impl Lab {
     /// (`extra`: more flow-mapping entries, e.g. `, conditions: {ready: false}`).
     pub fn endpoint(&self, name: &str, extra: &str) -> String {
         let pod = self.pod(name);
-        let node = match pod.on {
-            On::NodeA => NODE_A,
-            On::NodeB => "node-b",
-        };
-        format!("{{addresses: [{}], nodeName: {node}{extra}}}", pod.ip)
+        format!(
+            "{{addresses: [{}], nodeName: {}{extra}}}",
+            pod.ip,
+            pod.node()
+        )
+    }
+
+    /// An EndpointSlice of `default/<service>` with port `http` on 8080 and the ready
+    /// endpoints `pods`, as the API serves it.
+    pub fn kube_slice(&self, service: &str, pods: &[&str]) -> EndpointSlice {
+        let mut builder = SliceBuilder::new("default", service).port("http", 8080);
+        for name in pods {
+            let pod = self.pod(name);
+            builder = builder.endpoint(&pod.ip.to_string(), pod.node());
+        }
+        builder.build()
     }
 
     /// The ready endpoints of `pods`, comma-separated, for an `endpoints: [...]` list.

@@ -24,7 +24,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use proxy_agent::model::fixtures::{NodeBuilder, ServiceBuilder, SliceBuilder};
+use proxy_agent::model::fixtures::{NodeBuilder, ServiceBuilder};
 
 /// How long a change made through the API may take to reach the packets.
 const CHANGE: Duration = Duration::from_secs(2);
@@ -41,21 +41,6 @@ fn service(name: &str, cluster_ip: &str) -> Service {
     ServiceBuilder::cluster_ip("default", name, cluster_ip)
         .port("http", 80)
         .build()
-}
-
-/// A slice for `service` with the lab pods `pods` as endpoints.
-fn slice(lab: &Lab, service: &str, pods: &[&str]) -> EndpointSlice {
-    let mut builder = SliceBuilder::new("default", service).port("http", 8080);
-    for name in pods {
-        let pod = lab.pod(name);
-        let node = if pod.on == On::NodeA {
-            NODE_A
-        } else {
-            "node-b"
-        };
-        builder = builder.endpoint(&pod.ip.to_string(), node);
-    }
-    builder.build()
 }
 
 fn node_a() -> Node {
@@ -171,7 +156,7 @@ fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
     });
     api.apply(&node_a());
     api.apply(&service("steady", "10.96.0.11"));
-    api.apply(&slice(&lab, "steady", &["b1"]));
+    api.apply(&lab.kube_slice("steady", &["b1"]));
     api.apply(
         &ServiceBuilder::cluster_ip("default", "lb", "10.96.0.20")
             .port("http", 80)
@@ -181,7 +166,7 @@ fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
             .health_check_node_port(32100)
             .build(),
     );
-    api.apply(&slice(&lab, "lb", &["a1"]));
+    api.apply(&lab.kube_slice("lb", &["a1"]));
     let agent = KubeAgent::start(&lab, &api);
     expect_served(
         &lab,
@@ -193,11 +178,11 @@ fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
 
     // A Service and its slice created through the API serve within 2 s.
     api.apply(&service("web", "10.96.0.10"));
-    api.apply(&slice(&lab, "web", &["a1"]));
+    api.apply(&lab.kube_slice("web", &["a1"]));
     expect_served(&lab, &agent, "10.96.0.10:80", &["a1"], CHANGE);
 
     // An endpoint change takes effect.
-    api.apply(&slice(&lab, "web", &["b1"]));
+    api.apply(&lab.kube_slice("web", &["b1"]));
     expect_served(&lab, &agent, "10.96.0.10:80", &["b1"], CHANGE);
 
     // A deleted Service stops being served.
@@ -243,7 +228,7 @@ fn invalid_services_are_reported(api: &FakeApiServer, agent: &KubeAgent) {
 /// was down. Meanwhile an unchanged Service is probed continuously: it must never stop.
 fn an_api_server_restart_interrupts_nothing(lab: &Lab, api: &FakeApiServer, agent: &KubeAgent) {
     api.apply(&service("gone", "10.96.0.12"));
-    api.apply(&slice(lab, "gone", &["a1"]));
+    api.apply(&lab.kube_slice("gone", &["a1"]));
     expect_served(lab, agent, "10.96.0.12:80", &["a1"], CHANGE);
     let expired_before = api.requests::<Service>().expired_watches;
     let probing = AtomicBool::new(true);
@@ -269,7 +254,7 @@ fn an_api_server_restart_interrupts_nothing(lab: &Lab, api: &FakeApiServer, agen
         api.delete::<EndpointSlice>(Some("default"), "gone-1");
         api.delete::<Service>(Some("default"), "gone");
         api.apply(&service("fresh", "10.96.0.13"));
-        api.apply(&slice(lab, "fresh", &["b1"]));
+        api.apply(&lab.kube_slice("fresh", &["b1"]));
         // Down long enough for the agent to notice and back off.
         std::thread::sleep(Duration::from_secs(2));
         // "gone" is still served: losing the API removes nothing.

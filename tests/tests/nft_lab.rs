@@ -59,14 +59,7 @@ fn ips(lab: &Lab, pods: &[&str]) -> Vec<(String, &'static str)> {
     pods.iter()
         .map(|p| {
             let pod = lab.pod(p);
-            (
-                pod.ip.to_string(),
-                if pod.on == On::NodeA {
-                    "node-a"
-                } else {
-                    "node-b"
-                },
-            )
+            (pod.ip.to_string(), pod.node())
         })
         .collect()
 }

@@ -31,7 +31,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use proxy_agent::model::fixtures::{NodeBuilder, ServiceBuilder, SliceBuilder};
+use proxy_agent::model::fixtures::{NodeBuilder, ServiceBuilder};
 
 /// Pause between two requests of one prober stream.
 const INTERVAL: Duration = Duration::from_millis(20);
@@ -357,20 +357,6 @@ fn kube_service(name: &str, cluster_ip: &str) -> Service {
         .build()
 }
 
-fn kube_slice(lab: &Lab, service: &str, pods: &[&str]) -> EndpointSlice {
-    let mut builder = SliceBuilder::new("default", service).port("http", 8080);
-    for name in pods {
-        let pod = lab.pod(name);
-        let node = if pod.on == On::NodeA {
-            NODE_A
-        } else {
-            "node-b"
-        };
-        builder = builder.endpoint(&pod.ip.to_string(), node);
-    }
-    builder.build()
-}
-
 /// The backend `service` answers pod c1 with, if any.
 fn backend(lab: &Lab, service: SocketAddr) -> Option<String> {
     match traffic::tcp(&lab.pod("c1").ns, service) {
@@ -403,9 +389,9 @@ fn a_failed_nft_apply_keeps_the_rules_and_a_full_sync_repairs_them() {
     // Through the Kubernetes source, where an update to one object is a partial sync.
     let api = api_in_node(&lab);
     api.apply(&kube_service("steady", "10.96.0.11"));
-    api.apply(&kube_slice(&lab, "steady", &["b1"]));
+    api.apply(&lab.kube_slice("steady", &["b1"]));
     api.apply(&kube_service("victim", "10.96.0.12"));
-    api.apply(&kube_slice(&lab, "victim", &["a1"]));
+    api.apply(&lab.kube_slice("victim", &["a1"]));
     let agent = KubeAgent::start(&lab, &api);
     for (svc, want) in [("10.96.0.11:80", "b1"), ("10.96.0.12:80", "a1")] {
         assert!(
@@ -439,7 +425,7 @@ fn a_failed_nft_apply_keeps_the_rules_and_a_full_sync_repairs_them() {
                 "{ 10.96.0.12 . tcp . 80 . 0 }",
             ],
         );
-        api.apply(&kube_slice(&lab, "victim", &["b1"]));
+        api.apply(&lab.kube_slice("victim", &["b1"]));
 
         let failed = wait_for(Duration::from_secs(5), || {
             metric(&metrics(&lab), SYNC_FAILURES)
@@ -495,14 +481,14 @@ fn api_server_faults_interrupt_no_service_and_the_agent_converges() {
     let api = api_in_node(&lab);
     // Probed throughout and never changed.
     api.apply(&kube_service("steady-a", "10.96.0.11"));
-    api.apply(&kube_slice(&lab, "steady-a", &["a1"]));
+    api.apply(&lab.kube_slice("steady-a", &["a1"]));
     api.apply(&kube_service("steady-b", "10.96.0.12"));
-    api.apply(&kube_slice(&lab, "steady-b", &["a1", "b1"]));
+    api.apply(&lab.kube_slice("steady-b", &["a1", "b1"]));
     // Changed or deleted while the agent cannot see the API.
     api.apply(&kube_service("moving", "10.96.0.13"));
-    api.apply(&kube_slice(&lab, "moving", &["a1"]));
+    api.apply(&lab.kube_slice("moving", &["a1"]));
     api.apply(&kube_service("doomed", "10.96.0.14"));
-    api.apply(&kube_slice(&lab, "doomed", &["a1"]));
+    api.apply(&lab.kube_slice("doomed", &["a1"]));
     let mut agent = KubeAgent::start(&lab, &api);
     assert!(
         converges(&lab, "10.96.0.14:80", &["a1"], Duration::from_secs(10)),
@@ -527,7 +513,7 @@ fn api_server_faults_interrupt_no_service_and_the_agent_converges() {
         api.set_response_delay(Duration::from_secs(3));
         api.drop_watches();
         faults += 2;
-        api.apply(&kube_slice(&lab, "moving", &["b1"]));
+        api.apply(&lab.kube_slice("moving", &["b1"]));
         assert!(
             converges(&lab, "10.96.0.13:80", &["b1"], Duration::from_secs(20)),
             "change not seen through a slow API server\n{}",
@@ -540,7 +526,7 @@ fn api_server_faults_interrupt_no_service_and_the_agent_converges() {
         // server is stopped for it, so that no watch sees the change (or a bookmark after it)
         // before the compaction, which would let it resume instead.
         api.stop();
-        api.apply(&kube_slice(&lab, "moving", &["a1"]));
+        api.apply(&lab.kube_slice("moving", &["a1"]));
         api.compact();
         api.restart();
         faults += 2;
@@ -559,7 +545,7 @@ fn api_server_faults_interrupt_no_service_and_the_agent_converges() {
         api.stop();
         api.delete::<EndpointSlice>(Some("default"), "doomed-1");
         api.delete::<Service>(Some("default"), "doomed");
-        api.apply(&kube_slice(&lab, "moving", &["b1"]));
+        api.apply(&lab.kube_slice("moving", &["b1"]));
         faults += 3;
         std::thread::sleep(Duration::from_secs(5));
         assert_eq!(

@@ -236,16 +236,7 @@ fn main() -> ExitCode {
     );
     println!("  manifests: {}", lab.manifests().display());
     for pod in &lab.pods {
-        println!(
-            "  pod {:<7} {:<12} on {}",
-            pod.name,
-            pod.ip,
-            if pod.on == On::NodeA {
-                "node-a"
-            } else {
-                "node-b"
-            }
-        );
+        println!("  pod {:<7} {:<12} on {}", pod.name, pod.ip, pod.node());
     }
 
     println!("\n== proxy-agent apply (acceleration off): every Service through nftables");
