@@ -21,7 +21,7 @@ use std::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use proxy_agent::model::fixtures::SliceBuilder;
 
-use crate::{netns::Netns, traffic::Server};
+use crate::{fake_api::FakeApiServer, netns::Netns, traffic::Server};
 
 pub const NODE_A: &str = "node-a";
 pub const NODE_B: &str = "node-b";
@@ -29,6 +29,15 @@ pub const NODE_A_IP: &str = "192.168.1.10";
 pub const EXTERNAL_IP: &str = "192.168.1.100";
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The flags that make `proxy-agent` node-a of this lab.
+pub const NODE_FLAGS: [&str; 6] = [
+    "--node",
+    NODE_A,
+    "--cluster-cidr",
+    CLUSTER_CIDR,
+    "--service-cidr",
+    SERVICE_CIDR,
+];
 /// Routed to node-a by the external client, for load-balancer IPs.
 pub const LB_RANGE: &str = "198.51.100.0/24";
 /// Routed to node-a by the external client, for external IPs.
@@ -55,7 +64,7 @@ impl Pod {
     pub fn node(&self) -> &'static str {
         match self.on {
             On::NodeA => NODE_A,
-            On::NodeB => "node-b",
+            On::NodeB => NODE_B,
         }
     }
 }
@@ -251,15 +260,7 @@ impl Lab {
         if command != "cleanup" {
             cmd.arg("--manifests").arg(&self.dir);
         }
-        cmd.args([
-            "--node",
-            NODE_A,
-            "--cluster-cidr",
-            CLUSTER_CIDR,
-            "--service-cidr",
-            SERVICE_CIDR,
-        ]);
-        cmd.args(extra);
+        cmd.args(NODE_FLAGS).args(extra);
         cmd.output().expect("running proxy-agent")
     }
 
@@ -273,24 +274,33 @@ impl Lab {
 
     /// Starts `proxy-agent run` inside node-a on this lab's manifests.
     pub fn start_agent(&self, extra: &[&str]) -> Agent {
-        let log = self.dir.with_extension("agent.log");
-        let file = std::fs::File::create(&log).expect("creating the agent log");
         let mut cmd = self.agent_command("run");
         cmd.arg("--manifests").arg(&self.dir);
-        cmd.args([
-            "--node",
-            NODE_A,
-            "--cluster-cidr",
-            CLUSTER_CIDR,
-            "--service-cidr",
-            SERVICE_CIDR,
-        ]);
-        cmd.args(extra);
+        self.spawn_run(cmd, extra, None)
+    }
+
+    /// Starts `proxy-agent run --kubeconfig` inside node-a, reading `api` (which must listen
+    /// where node-a reaches it).
+    pub fn start_kube_agent(&self, api: &FakeApiServer, extra: &[&str]) -> Agent {
+        let kubeconfig = self.dir.with_extension("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        let mut cmd = self.agent_command("run");
+        cmd.arg("--kubeconfig").arg(&kubeconfig);
+        self.spawn_run(cmd, extra, Some(kubeconfig))
+    }
+
+    /// Spawns `run` with the node flags and `extra`, logging to a file; `kubeconfig` is
+    /// removed with the agent.
+    fn spawn_run(&self, mut cmd: Command, extra: &[&str], kubeconfig: Option<PathBuf>) -> Agent {
+        let log = self.dir.with_extension("agent.log");
+        let file = std::fs::File::create(&log).expect("creating the agent log");
+        cmd.args(NODE_FLAGS).args(extra);
         cmd.stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().expect("starting proxy-agent run");
         Agent {
             child: Some(child),
             log,
+            kubeconfig,
         }
     }
 
@@ -312,6 +322,7 @@ impl Drop for Lab {
 pub struct Agent {
     child: Option<std::process::Child>,
     pub log: PathBuf,
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Agent {
@@ -365,6 +376,9 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+        if let Some(kubeconfig) = &self.kubeconfig {
+            let _ = std::fs::remove_file(kubeconfig);
+        }
     }
 }
 

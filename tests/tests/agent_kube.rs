@@ -5,8 +5,6 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command},
     sync::{
         Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +14,7 @@ use std::{
 
 use hybrid_proxy_tests::{
     fake_api::FakeApiServer,
-    lab::{CLUSTER_CIDR, Lab, NODE_A, NODE_A_IP, On, SERVICE_CIDR, agent_binary, wait_for},
+    lab::{Agent, Lab, NODE_A, NODE_A_IP, On, wait_for},
     privileged,
     traffic::{self, Outcome},
 };
@@ -51,63 +49,6 @@ fn node_a() -> Node {
         .build()
 }
 
-/// `proxy-agent run --kubeconfig` inside node-a; killed by its PID when dropped.
-struct KubeAgent {
-    child: Child,
-    log: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl KubeAgent {
-    fn start(lab: &Lab, api: &FakeApiServer) -> Self {
-        let base = std::env::temp_dir().join(format!("{}-kube", lab.node.name()));
-        let kubeconfig = base.with_extension("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let log = base.with_extension("agent.log");
-        let file = std::fs::File::create(&log).expect("creating the agent log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", lab.node.name()])
-            .arg(agent_binary())
-            .arg("run")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--node",
-                NODE_A,
-                "--cluster-cidr",
-                CLUSTER_CIDR,
-                "--service-cidr",
-                SERVICE_CIDR,
-                "--log",
-                "info,proxy_agent::source=debug",
-            ])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting proxy-agent run");
-        Self {
-            child,
-            log,
-            kubeconfig,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for KubeAgent {
-    fn drop(&mut self) {
-        // By PID, the child we started and nothing else. `ip netns exec` execs the agent, so
-        // this is the agent itself.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.kubeconfig);
-    }
-}
-
 /// The backend `service` answers from pod c1 with, if it answers.
 fn backend(lab: &Lab, service: &str) -> Option<String> {
     match traffic::tcp(&lab.pod("c1").ns, addr(service)) {
@@ -118,7 +59,7 @@ fn backend(lab: &Lab, service: &str) -> Option<String> {
 
 /// Waits up to `within` for `service` to be answered by one of `want` (or, with `want` empty,
 /// to stop being answered); fails with the agent's log otherwise.
-fn expect_served(lab: &Lab, agent: &KubeAgent, service: &str, want: &[&str], within: Duration) {
+fn expect_served(lab: &Lab, agent: &Agent, service: &str, want: &[&str], within: Duration) {
     let done = wait_for(within, || {
         let got = backend(lab, service);
         let ok = match &got {
@@ -167,7 +108,7 @@ fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
             .build(),
     );
     api.apply(&lab.kube_slice("lb", &["a1"]));
-    let agent = KubeAgent::start(&lab, &api);
+    let agent = lab.start_kube_agent(&api, &["--log", "info,proxy_agent::source=debug"]);
     expect_served(
         &lab,
         &agent,
@@ -197,7 +138,7 @@ fn the_agent_follows_the_api_and_rides_out_an_api_server_restart() {
 }
 
 /// A Service the agent cannot program is reported as an Event on it.
-fn invalid_services_are_reported(api: &FakeApiServer, agent: &KubeAgent) {
+fn invalid_services_are_reported(api: &FakeApiServer, agent: &Agent) {
     let bad = api.apply(
         &ServiceBuilder::cluster_ip("default", "bad", "10.96.0.30")
             .port("http", 80)
@@ -226,7 +167,7 @@ fn invalid_services_are_reported(api: &FakeApiServer, agent: &KubeAgent) {
 
 /// The API server goes away and comes back without its history, with changes made while it
 /// was down. Meanwhile an unchanged Service is probed continuously: it must never stop.
-fn an_api_server_restart_interrupts_nothing(lab: &Lab, api: &FakeApiServer, agent: &KubeAgent) {
+fn an_api_server_restart_interrupts_nothing(lab: &Lab, api: &FakeApiServer, agent: &Agent) {
     api.apply(&service("gone", "10.96.0.12"));
     api.apply(&lab.kube_slice("gone", &["a1"]));
     expect_served(lab, agent, "10.96.0.12:80", &["a1"], CHANGE);

@@ -15,14 +15,13 @@
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command},
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use hybrid_proxy_tests::{
     fake_api::FakeApiServer,
-    lab::{CLUSTER_CIDR, Lab, NODE_A, NODE_A_IP, On, SERVICE_CIDR, agent_binary, wait_for},
+    lab::{Lab, NODE_A, NODE_A_IP, On, wait_for},
     privileged,
     reliability::{Prober, metric, record},
     traffic::{self, Connection, Outcome},
@@ -274,65 +273,6 @@ fn killing_the_agent_under_traffic_fails_no_request() {
     tally.assert_clean(50, &log);
 }
 
-/// `proxy-agent run --kubeconfig` inside node-a, reading a fake API server bound there;
-/// killed by its PID when dropped.
-struct KubeAgent {
-    child: Child,
-    log: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl KubeAgent {
-    fn start(lab: &Lab, api: &FakeApiServer) -> Self {
-        let base = std::env::temp_dir().join(format!("{}-kube", lab.node.name()));
-        let kubeconfig = base.with_extension("kubeconfig");
-        api.write_kubeconfig(&kubeconfig);
-        let log = base.with_extension("agent.log");
-        let file = std::fs::File::create(&log).expect("creating the agent log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lab.node.name()))
-            .arg(agent_binary())
-            .arg("run")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--node",
-                NODE_A,
-                "--cluster-cidr",
-                CLUSTER_CIDR,
-                "--service-cidr",
-                SERVICE_CIDR,
-            ])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting proxy-agent run");
-        Self {
-            child,
-            log,
-            kubeconfig,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_none()
-    }
-}
-
-impl Drop for KubeAgent {
-    fn drop(&mut self) {
-        // By PID: the child we started (nsenter execs the agent) and nothing else.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.kubeconfig);
-    }
-}
-
 /// A fake API server listening on node-a's loopback, holding node-a's Node.
 fn api_in_node(lab: &Lab) -> FakeApiServer {
     let api = lab.node.run(|| {
@@ -392,7 +332,7 @@ fn a_failed_nft_apply_keeps_the_rules_and_a_full_sync_repairs_them() {
     api.apply(&lab.kube_slice("steady", &["b1"]));
     api.apply(&kube_service("victim", "10.96.0.12"));
     api.apply(&lab.kube_slice("victim", &["a1"]));
-    let agent = KubeAgent::start(&lab, &api);
+    let agent = lab.start_kube_agent(&api, &[]);
     for (svc, want) in [("10.96.0.11:80", "b1"), ("10.96.0.12:80", "a1")] {
         assert!(
             converges(&lab, svc, &[want], Duration::from_secs(10)),
@@ -489,7 +429,7 @@ fn api_server_faults_interrupt_no_service_and_the_agent_converges() {
     api.apply(&lab.kube_slice("moving", &["a1"]));
     api.apply(&kube_service("doomed", "10.96.0.14"));
     api.apply(&lab.kube_slice("doomed", &["a1"]));
-    let mut agent = KubeAgent::start(&lab, &api);
+    let mut agent = lab.start_kube_agent(&api, &[]);
     assert!(
         converges(&lab, "10.96.0.14:80", &["a1"], Duration::from_secs(10)),
         "not served\n{}",

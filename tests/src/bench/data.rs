@@ -30,7 +30,7 @@ use super::{
     process::{self, Measure},
     xdp_live::{self, LiveRate},
 };
-use crate::lab::{CLUSTER_CIDR, EXTERNAL_IP, Lab, NODE_A, On, SERVICE_CIDR};
+use crate::lab::{EXTERNAL_IP, Lab, NODE_A, NODE_FLAGS, On};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const TCP_PORT: u16 = 80;
@@ -199,14 +199,7 @@ fn agent(
     if command != "cleanup" {
         cmd.arg("--manifests").arg(lab.manifests());
     }
-    cmd.args([
-        "--node",
-        NODE_A,
-        "--cluster-cidr",
-        CLUSTER_CIDR,
-        "--service-cidr",
-        SERVICE_CIDR,
-    ]);
+    cmd.args(NODE_FLAGS);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
