@@ -440,11 +440,14 @@ fn enter(netns: &str) {
 
 /// A request loop in a pod: requests on one connection `pace` apart, until stopped or `limit`
 /// passes (paced, so that the lab's two CPUs still serve the agent). Counts what it sent and
-/// what failed.
+/// what failed, and keeps each failure with its time since the start (to set against the
+/// scenario's own timeline).
 struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
+    errors: Arc<Mutex<Vec<String>>>,
+    started: Instant,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -453,30 +456,50 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
-        let (stopping, sending, failing) = (stop.clone(), sent.clone(), failed.clone());
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let (stopping, sending, failing, noting) =
+            (stop.clone(), sent.clone(), failed.clone(), errors.clone());
         let netns = netns.to_owned();
         let thread = std::thread::spawn(move || {
             enter(&netns);
-            let started = Instant::now();
+            let fail = |what: String| {
+                failing.fetch_add(1, Ordering::Relaxed);
+                noting
+                    .lock()
+                    .unwrap()
+                    .push(format!("{:?}: {what}", started.elapsed()));
+            };
             let mut conn: Option<BufReader<TcpStream>> = None;
             while !stopping.load(Ordering::Relaxed) && started.elapsed() < limit {
                 sending.fetch_add(1, Ordering::Relaxed);
                 if conn.is_none() {
-                    if let Ok(stream) = TcpStream::connect_timeout(&dst, traffic::TIMEOUT) {
-                        stream.set_read_timeout(Some(traffic::TIMEOUT)).unwrap();
-                        conn = Some(BufReader::new(stream));
-                    } else {
-                        failing.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
+                    match TcpStream::connect_timeout(&dst, traffic::TIMEOUT) {
+                        Ok(stream) => {
+                            stream.set_read_timeout(Some(traffic::TIMEOUT)).unwrap();
+                            conn = Some(BufReader::new(stream));
+                        }
+                        Err(e) => {
+                            fail(format!("connecting to {dst}: {e}"));
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
                     }
                 }
                 let stream = conn.as_mut().expect("connected above");
+                let local = stream.get_ref().local_addr().ok();
                 let mut line = String::new();
-                let ok = stream.get_mut().write_all(b"load\n").is_ok()
-                    && matches!(stream.read_line(&mut line), Ok(len) if len > 0);
-                if !ok {
-                    failing.fetch_add(1, Ordering::Relaxed);
+                let outcome = stream
+                    .get_mut()
+                    .write_all(b"load\n")
+                    .and_then(|()| stream.read_line(&mut line));
+                let failure = match outcome {
+                    Ok(0) => Some("connection closed".to_owned()),
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(failure) = failure {
+                    fail(format!("request from {local:?}: {failure}"));
                     conn = None;
                 }
                 std::thread::sleep(pace);
@@ -486,8 +509,15 @@ impl Load {
             stop,
             sent,
             failed,
+            errors,
+            started,
             thread: Some(thread),
         }
+    }
+
+    /// Each failure so far, with its time since the load started.
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
     }
 
     fn stop(&mut self) -> (usize, usize) {
@@ -751,6 +781,14 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
     let stop = AtomicBool::new(false);
     let failures = Mutex::new(Vec::new());
     let requests = AtomicUsize::new(0);
+    // Each step, on the load's clock, to set failures against.
+    let timeline = Mutex::new(Vec::new());
+    let note_step = |what: String| {
+        timeline
+            .lock()
+            .unwrap()
+            .push(format!("{:?}: {what}", tcp_load.started.elapsed()));
+    };
     let toggles = std::thread::scope(|s| {
         // New connections and UDP exchanges, from the pod and from outside.
         s.spawn(|| {
@@ -762,7 +800,10 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
                 ] {
                     requests.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = exchanges(ns, dst, udp, 1) {
-                        failures.lock().unwrap().push(e);
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{:?}: {e}", tcp_load.started.elapsed()));
                     }
                 }
             }
@@ -771,6 +812,7 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
         let mut toggles: u64 = 0;
         for round in 0..4 {
             for (mode, on) in [("off", false), ("all", true)] {
+                note_step(format!("mode {mode} written"));
                 write(mode);
                 let applied = wait_for(Duration::from_secs(5), || {
                     accelerated().filter(|a| *a == on)
@@ -780,6 +822,7 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
                     "round {round}: mode {mode} not applied\n{}",
                     agent.log_text()
                 );
+                note_step(format!("mode {mode} applied"));
                 toggles += 1;
                 std::thread::sleep(Duration::from_millis(400));
             }
@@ -793,6 +836,7 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
             })
         };
         for (interfaces, on) in [("[]", false), ("[eth0]", true)] {
+            note_step(format!("interfaces {interfaces} written"));
             write_with("all", interfaces);
             let applied = wait_for(Duration::from_secs(5), || {
                 xdp_on_eth0().filter(|a| *a == on)
@@ -802,6 +846,7 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
                 "interfaces {interfaces} not applied\n{}",
                 agent.log_text()
             );
+            note_step(format!("interfaces {interfaces} applied"));
             toggles += 1;
             std::thread::sleep(Duration::from_millis(400));
         }
@@ -821,8 +866,14 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
          exchanges",
         requests.load(Ordering::Relaxed)
     );
-    assert_eq!(failed, 0, "requests on the long-lived connection failed");
-    assert!(failures.is_empty(), "{failures:#?}\n{}", agent.log_text());
+    let timeline = timeline.into_inner().unwrap();
+    assert!(
+        failed == 0 && failures.is_empty(),
+        "on the long-lived connection: {:#?}\nnew connections and UDP: {failures:#?}\n\
+         steps: {timeline:#?}\n{}",
+        tcp_load.errors(),
+        agent.log_text()
+    );
     drop(agent);
 }
 
