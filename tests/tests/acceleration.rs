@@ -465,10 +465,11 @@ impl Load {
             enter(&netns);
             let fail = |what: String| {
                 failing.fetch_add(1, Ordering::Relaxed);
-                noting
-                    .lock()
-                    .unwrap()
-                    .push(format!("{:?}: {what}", started.elapsed()));
+                noting.lock().unwrap().push(format!(
+                    "{:?} ({} UTC): {what}",
+                    started.elapsed(),
+                    time_of_day()
+                ));
             };
             let mut conn: Option<BufReader<TcpStream>> = None;
             while !stopping.load(Ordering::Relaxed) && started.elapsed() < limit {
@@ -536,6 +537,20 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The time of day, to set a test's events against the agent's log.
+fn time_of_day() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, millis) = (now.as_secs() % 86_400, now.subsec_millis());
+    format!(
+        "{:02}:{:02}:{:02}.{millis:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[test]
@@ -631,7 +646,7 @@ fn auto_mode_promotes_a_loaded_service_and_demotes_it_when_the_load_stops() {
     // The load stops: the agent demotes the port after minDwell.
     let (sent, failed) = load.stop();
     println!("load: {sent} requests, {failed} failed");
-    assert_eq!(failed, 0);
+    assert_eq!(failed, 0, "{:#?}\n{}", load.errors(), agent.log_text());
     let stopped = Instant::now();
     let demoted = wait_for(Duration::from_secs(12), || {
         (web() == "nftables (auto: not hot)").then_some(())
@@ -729,9 +744,15 @@ fn hot_services_beyond_the_fast_paths_room_stay_on_nftables_and_serve() {
         sent as u64,
         failed as u64,
     );
-    for ((sent, failed), what) in tallies.iter().zip(["web", "sticky"]) {
+    for (((sent, failed), what), load) in tallies.iter().zip(["web", "sticky"]).zip(&loads) {
         println!("{what}: {sent} requests, {failed} failed");
-        assert_eq!(*failed, 0, "{what}");
+        assert_eq!(
+            *failed,
+            0,
+            "{what}: {:#?}\n{}",
+            load.errors(),
+            agent.log_text()
+        );
     }
     drop(agent);
 }
@@ -784,10 +805,11 @@ fn changing_mode_and_interfaces_under_traffic_fails_no_request() {
     // Each step, on the load's clock, to set failures against.
     let timeline = Mutex::new(Vec::new());
     let note_step = |what: String| {
-        timeline
-            .lock()
-            .unwrap()
-            .push(format!("{:?}: {what}", tcp_load.started.elapsed()));
+        timeline.lock().unwrap().push(format!(
+            "{:?} ({} UTC): {what}",
+            tcp_load.started.elapsed(),
+            time_of_day()
+        ));
     };
     let toggles = std::thread::scope(|s| {
         // New connections and UDP exchanges, from the pod and from outside.
