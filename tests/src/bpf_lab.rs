@@ -157,6 +157,9 @@ impl FastPathLab {
         ]);
         node.ip(&["route", "add", &format!("{ip}/32"), "dev", &veth]);
         sysctl(node, &format!("net.ipv4.conf.{veth}.proxy_arp"), "1");
+        // Answered at once, as Calico configures its interfaces (the default delays a proxy
+        // answer by up to 80 jiffies, 320 ms here, on each first contact).
+        sysctl(node, &format!("net.ipv4.neigh.{veth}.proxy_delay"), "0");
         node.checksum_offload_off(&veth);
         ns.checksum_offload_off("eth0");
         self.pods.push(Pod {

@@ -158,6 +158,9 @@ impl Lab {
         ]);
         node.ip(&["route", "add", &format!("{ip}/32"), "dev", &node_if]);
         sysctl(node, &format!("net.ipv4.conf.{node_if}.proxy_arp"), "1");
+        // Answered at once, as Calico configures its interfaces (the default delays a proxy
+        // answer by up to 80 jiffies, 320 ms here, on each first contact).
+        sysctl(node, &format!("net.ipv4.neigh.{node_if}.proxy_delay"), "0");
         sysctl(node, &format!("net.ipv4.conf.{node_if}.rp_filter"), "0");
         self.pods.push(Pod {
             name: name.to_owned(),

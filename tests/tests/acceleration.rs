@@ -420,6 +420,23 @@ fn open_fast_path(lab: &Lab, config: &FastPathConfig) -> FastPath {
     })
 }
 
+/// Waits until the running agent's fast path counts every port in `labels` (written after
+/// nftables: the agent then serves them).
+fn wait_counted(pin: &Pin, agent: &hybrid_proxy_tests::lab::Agent, labels: &[&str]) {
+    let counted = wait_for(Duration::from_secs(5), || {
+        inspect::read(&pin.path).ok().flatten().filter(|v| {
+            labels
+                .iter()
+                .all(|l| v.ports.iter().any(|p| p.label.starts_with(l)))
+        })
+    });
+    assert!(
+        counted.is_some(),
+        "the fast path never counted {labels:?}\n{}",
+        agent.log_text()
+    );
+}
+
 /// Sets a flag when dropped: a scope's main thread that panics still stops its helpers (the
 /// scope waits for them before the panic goes on).
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -554,7 +571,6 @@ fn time_of_day() -> String {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn auto_mode_promotes_a_loaded_service_and_demotes_it_when_the_load_stops() {
     if !privileged::root_or_skip("accel_auto") {
         return;
@@ -570,18 +586,7 @@ fn auto_mode_promotes_a_loaded_service_and_demotes_it_when_the_load_stops() {
     );
     // The agent in auto mode: every port counted, nothing measured yet, nothing promoted.
     let agent = lab.start_agent(&["--config", arg(&config_path)]);
-    let counted = wait_for(Duration::from_secs(5), || {
-        inspect::read(&pin.path).ok().flatten().filter(|v| {
-            v.ports
-                .iter()
-                .any(|p| p.label.starts_with("default/web http"))
-        })
-    });
-    assert!(
-        counted.is_some(),
-        "the fast path never came up\n{}",
-        agent.log_text()
-    );
+    wait_counted(&pin, &agent, &["default/web http"]);
     let web = || port(&pinned(&pin), "default/web http").pods.to_string();
     assert_eq!(web(), "nftables (auto: not hot)");
 
@@ -686,6 +691,9 @@ fn hot_services_beyond_the_fast_paths_room_stay_on_nftables_and_serve() {
         "  auto: {promoteAbovePps: 100, demoteBelowPps: 20, minDwell: 2s, maxServices: 1}\n",
     );
     let agent = lab.start_agent(&["--config", arg(&config_path)]);
+    // Loads start once the agent serves both ports (a connection tried before its first sync
+    // would time out on a node without rules).
+    wait_counted(&pin, &agent, &["default/web http", "default/sticky http"]);
     let c1 = lab.pod("c1").ns.name().to_owned();
     let limit = Duration::from_secs(30);
     let pace = Duration::from_millis(1);
