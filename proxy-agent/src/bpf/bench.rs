@@ -101,12 +101,12 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
             set,
             backends
                 .into_iter()
-                .map(|(ip, port)| writes::backend_of(ip, port))
+                .map(|(ip, port)| writes::backend_of(ip.into(), port))
                 .collect(),
         );
         for key_scope in [scope::POD, scope::EXTERNAL] {
             desired.services.insert(
-                writes::service_key(addr.0, addr.1, Protocol::Udp, key_scope),
+                writes::service_key(addr.0.into(), addr.1, Protocol::Udp, key_scope),
                 DesiredService {
                     set,
                     affinity_timeout: None,
@@ -140,7 +140,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     // A service nftables serves: the programs only count its packets.
     for key_scope in [scope::POD, scope::EXTERNAL] {
         desired.services.insert(
-            writes::service_key(COUNTED.0, COUNTED.1, Protocol::Udp, key_scope),
+            writes::service_key(COUNTED.0.into(), COUNTED.1, Protocol::Udp, key_scope),
             DesiredService {
                 set: SetId {
                     id: 3,

@@ -113,7 +113,9 @@ pub struct FastPathStatus {
     pub counters: Counters,
     /// `auto`: the rate the policy last measured of each port it considers.
     pub rates: BTreeMap<ServicePortId, f64>,
+    /// Connection-table entries, both families.
     pub flows: usize,
+    /// Capacity of each family's connection table.
     pub flow_capacity: u32,
 }
 
@@ -499,7 +501,7 @@ impl FastPath {
                 .iter()
                 .filter_map(|c| self.policy.rate(c.id).map(|r| (c.id, r)))
                 .collect(),
-            flows: maps.flows()?.len(),
+            flows: maps.flows()?.len() + maps.flows6()?.len(),
             flow_capacity: maps.flow_capacity(),
         })
     }
