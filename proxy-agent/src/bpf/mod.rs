@@ -69,9 +69,10 @@
 //!
 //! # Limits (each passes the traffic to nftables unless said otherwise)
 //!
-//! - ICMP and ICMPv6 errors about fast-path flows are not translated (they pass unchanged and
-//!   the client ignores them); fragments, IPv4 options and IPv6 extension headers (any next
-//!   header but TCP or UDP directly after the fixed header) are not handled.
+//! - ICMP errors (of either family) about fast-path flows are not translated (they pass
+//!   unchanged and the client ignores them); fragments, IPv4 options and IPv6 extension
+//!   headers (any next header but TCP or UDP directly after the fixed header) are not
+//!   handled.
 //! - Hairpin (a pod reaching itself) and a reply tuple already used by another flow (the same
 //!   client port to two services sharing a backend) pass, counted.
 //! - `externalTrafficPolicy: Cluster` is never accelerated at XDP, even with every endpoint
