@@ -41,8 +41,8 @@ pub fn plan(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ProxyPlan {
     plan_on(services, slices, false)
 }
 
-/// As [`plan`], on a dual-stack node: IPv6 address fd00:1::10, IPv6 cluster CIDR
-/// fd00:244::/48, service CIDR fd00:96::/112.
+/// As [`plan`], on a dual-stack node: IPv6 address `fd00:1::10`, IPv6 cluster CIDR
+/// `fd00:244::/48`, service CIDR `fd00:96::/112`.
 ///
 /// # Panics
 /// When an object is invalid.

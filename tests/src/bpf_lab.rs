@@ -6,11 +6,11 @@
 //!                          pods 10.244.1.0/24              pods 10.244.2.0/24
 //! ```
 //!
-//! [`FastPathLab::enable_ipv6`] adds IPv6 alongside: node-a fd00:1::10 and the external
-//! client fd00:1::100 on `eth0`, fd00:2::/64 between the nodes, pods fd00:244:1::/64 and
-//! fd00:244:2::/64 (each pod's /128 routed to its veth, its default route via fe80::1 on
-//! the node's end), the service CIDR fd00:96::/112 and the load-balancer range
-//! 2001:db8:51::/64 routed from the external client to node-a.
+//! [`FastPathLab::enable_ipv6`] adds IPv6 alongside: node-a `fd00:1::10` and the external
+//! client `fd00:1::100` on `eth0`, `fd00:2::/64` between the nodes, pods `fd00:244:1::/64`
+//! and `fd00:244:2::/64` (each pod's /128 routed to its veth, its default route via
+//! `fe80::1` on the node's end), the service CIDR `fd00:96::/112` and the load-balancer
+//! range `2001:db8:51::/64` routed from the external client to node-a.
 //!
 //! Pods are wired the way Calico wires them: one veth per pod, the pod's /32 routed to it on
 //! the node, and the pod's default route via a link-local gateway the node answers by proxy

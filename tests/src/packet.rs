@@ -290,7 +290,7 @@ pub const IPV6_FRAGMENT: u8 = 44;
 pub const IPV6_DEST_OPTIONS: u8 = 60;
 
 /// The IPv6 frame with an 8-byte extension header of type `next_header` between the fixed
-/// header and the transport header: options (a PadN) for hop-by-hop and destination
+/// header and the transport header: options (one padding option) for hop-by-hop and destination
 /// options, a first fragment (more-fragments set) for the fragment header.
 ///
 /// # Panics
@@ -315,7 +315,7 @@ pub fn ipv6_with_extension(frame: &[u8], next_header: u8) -> Vec<u8> {
     f
 }
 
-/// An IPv6 frame carrying `payload` as next header `next_header` (ICMPv6, ...).
+/// An IPv6 frame carrying `payload` as next header `next_header` (an ICMP echo, ...).
 pub fn ipv6_other(
     src: std::net::Ipv6Addr,
     dst: std::net::Ipv6Addr,

@@ -523,18 +523,9 @@ fn flows_nftables_started_stay_with_nftables_when_the_service_is_promoted() {
     assert!(status.counters.stat(StatIndex::NftablesOwned).packets >= 5);
 }
 
-#[test]
-fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
-    if !root("bpf_lab_ipv6") {
-        return;
-    }
-    let mut lab = FastPathLab::new("fp6");
-    lab.add_pod("c1", Node::A);
-    let b1 = lab.add_pod("b1", Node::A);
-    let b2 = lab.add_pod("b2", Node::B);
-    lab.enable_ipv6();
-    lab.serve("b1");
-    lab.serve("b2");
+/// `web6` (TCP, node port 30080, eTP Local) and `dns6` (UDP), dual-stack, on `b1` (node-a)
+/// and `b2` (node-b).
+fn ipv6_plan(lab: &FastPathLab, b1: std::net::Ipv4Addr, b2: std::net::Ipv4Addr) -> ProxyPlan {
     let v6 = |name: &str| lab.pod(name).ip6.expect("IPv6 enabled").to_string();
     let dual = |name: &str, vips: &str, port: i32, protocol: &str| {
         ServiceBuilder::cluster_ip("default", name, vips)
@@ -555,7 +546,7 @@ fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
             .build()
     };
     let backends = [(b1, "node-a"), (b2, "node-b")];
-    let p = plan_dual_stack(
+    plan_dual_stack(
         vec![
             dual("web6", "10.96.0.30,fd00:96::30", 80, "TCP")
                 .node_port(30080)
@@ -569,7 +560,22 @@ fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
             slice("dns6", "UDP", &backends),
             slice6("dns6", "UDP"),
         ],
-    );
+    )
+}
+
+#[test]
+fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
+    if !root("bpf_lab_ipv6") {
+        return;
+    }
+    let mut lab = FastPathLab::new("fp6");
+    lab.add_pod("c1", Node::A);
+    let b1 = lab.add_pod("b1", Node::A);
+    let b2 = lab.add_pod("b2", Node::B);
+    lab.enable_ipv6();
+    lab.serve("b1");
+    lab.serve("b2");
+    let p = ipv6_plan(&lab, b1, b2);
     let pin = Pin::new("ipv6");
     let mut fp = open(&lab, &config(&pin, AccelerationMode::All));
     apply(&lab, &mut fp, &p, 1);
