@@ -177,12 +177,41 @@ pub(crate) fn xdp_dnat(data: usize, end: usize, pkt: &Packet, to: &Backend) -> O
     Some(())
 }
 
+/// `BPF_F_IPV6` of `bpf_l4_csum_replace` (kernel 6.16+; not in aya's bindings yet).
+const BPF_F_IPV6: u64 = 1 << 7;
+const EINVAL: i64 = 22;
+
+/// One's-complement addition of 32-bit words (the kernel's `csum_add` on a `__wsum`).
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let (s, carry) = a.overflowing_add(b);
+    s.wrapping_add(u32::from(carry))
+}
+
+/// The checksum difference of replacing address `old` by `new` (the kernel's `csum_diff`).
+#[inline(always)]
+fn addr_diff(old: &Addr, new: &Addr) -> u32 {
+    let mut d = 0;
+    d = csum_add(csum_add(d, !old[0]), new[0]);
+    d = csum_add(csum_add(d, !old[1]), new[1]);
+    d = csum_add(csum_add(d, !old[2]), new[2]);
+    csum_add(csum_add(d, !old[3]), new[3])
+}
+
 /// TC: rewrites an address and port. The fields are written directly; the transport
-/// checksum goes through the kernel's helper (four address words with the pseudo-header
-/// flag, then the port), which alone handles `CHECKSUM_PARTIAL`. Direct writes come first:
-/// the helper moves the packet's pointers. For UDP the helper is told the checksum is
-/// mandatory (`BPF_F_MARK_ENFORCE`: update it even when it reads 0) and never to leave 0
-/// (`BPF_F_MARK_MANGLED_0`: 0xffff instead).
+/// checksum goes through the kernel's helper, which alone handles `CHECKSUM_PARTIAL`: the
+/// address as one difference with the pseudo-header flag, then the port.
+///
+/// `BPF_F_IPV6` tells the helper that no IPv4 header checksum absorbs the address change,
+/// so that it leaves a `CHECKSUM_COMPLETE` packet's `skb->csum` alone (it would otherwise
+/// go wrong by the difference, and the receiver would report a hardware checksum failure).
+/// A kernel without the flag refuses it (`EINVAL`, before touching the packet): the
+/// address then goes word by word, which is right for every packet but a
+/// `CHECKSUM_COMPLETE` one.
+///
+/// For UDP the helper is told the checksum is mandatory (`BPF_F_MARK_ENFORCE`: update it
+/// even when it reads 0) and never to leave 0 (`BPF_F_MARK_MANGLED_0`: 0xffff instead).
+/// Direct writes come first: the helper moves the packet's pointers.
 #[inline(always)]
 pub(crate) fn tc_rewrite(
     ctx: &TcContext,
@@ -219,31 +248,39 @@ pub(crate) fn tc_rewrite(
     } else {
         0
     };
-    let word = u64::from(BPF_F_PSEUDO_HDR) | udp | 4;
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(old_addr[0]),
-        u64::from(to.addr[0]),
-        word,
-    )?;
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(old_addr[1]),
-        u64::from(to.addr[1]),
-        word,
-    )?;
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(old_addr[2]),
-        u64::from(to.addr[2]),
-        word,
-    )?;
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(old_addr[3]),
-        u64::from(to.addr[3]),
-        word,
-    )?;
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | udp;
+    let diff = u64::from(addr_diff(old_addr, &to.addr));
+    match ctx.l4_csum_replace(csum_off, 0, diff, pseudo | BPF_F_IPV6) {
+        Ok(()) => {}
+        Err(e) if e == -EINVAL => {
+            let word = pseudo | 4;
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_addr[0]),
+                u64::from(to.addr[0]),
+                word,
+            )?;
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_addr[1]),
+                u64::from(to.addr[1]),
+                word,
+            )?;
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_addr[2]),
+                u64::from(to.addr[2]),
+                word,
+            )?;
+            ctx.l4_csum_replace(
+                csum_off,
+                u64::from(old_addr[3]),
+                u64::from(to.addr[3]),
+                word,
+            )?;
+        }
+        Err(e) => return Err(e),
+    }
     ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(to.port), udp | 2)?;
     Ok(())
 }
