@@ -388,7 +388,14 @@ impl Syncer {
 pub fn candidates(plan: &ProxyPlan) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for p in eligibility::decide(plan, AccelerationMode::All) {
-        if !p.any_accelerated() || out.iter().any(|c| c.id == p.id) {
+        if !p.any_accelerated() {
+            continue;
+        }
+        // A dual-stack port is one candidate (promoted in both families at once) whose sets
+        // are its families' together: each takes a Maglev table of its own.
+        if let Some(c) = out.iter_mut().find(|c| c.id == p.id) {
+            c.sets += p.sets();
+            c.backend_entries += p.backend_entries();
             continue;
         }
         out.push(Candidate {

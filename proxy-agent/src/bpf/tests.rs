@@ -949,3 +949,19 @@ fn garbage_collection_removes_idle_ipv6_flows_in_pairs() {
             .all(|k| u16::from_be(k.sport) == 1 || u16::from_be(k.dport) == 1)
     );
 }
+
+#[test]
+fn a_dual_stack_port_is_one_auto_candidate_needing_both_families_room() {
+    let p = plan_with(
+        vec![dual_stack().build()],
+        vec![both(), slice6(&[("fd00:244::5", "node-a")])],
+        false,
+    );
+    let candidates = reconcile::candidates(&p);
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    assert_eq!(
+        (candidates[0].sets, candidates[0].backend_entries),
+        (2, 3),
+        "an IPv4 set of 2 and an IPv6 set of 1"
+    );
+}
