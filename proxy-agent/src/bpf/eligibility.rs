@@ -14,8 +14,9 @@
 //!
 //! In `auto` mode the choice among eligible ports is the hot-service policy's
 //! ([`super::policy`]), handed in as an [`AutoChoice`]; an annotation still wins both ways.
-//! Whatever the mode (but `off`), every TCP/UDP port, IPv4 or IPv6, is also *counted*: its addresses
-//! get counting entries wherever they are not accelerated (see [`PortEligibility::counted`]).
+//! Whatever the mode (but `off`), every TCP/UDP port, IPv4 or IPv6, is also *counted*: its
+//! addresses get counting entries wherever they are not accelerated (see
+//! [`PortEligibility::counted`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

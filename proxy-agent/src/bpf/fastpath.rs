@@ -79,7 +79,7 @@ pub struct FastPathGauges {
     pub generation: u64,
     /// Service ports accelerated on at least one path.
     pub accelerated_ports: usize,
-    /// Service ports counted (every IPv4 TCP/UDP one while the mode is not `off`).
+    /// Service ports counted (every TCP/UDP one, either family, while the mode is not `off`).
     pub counted_ports: usize,
     /// Entries of the connection table at the last garbage collection.
     pub flows: Option<usize>,

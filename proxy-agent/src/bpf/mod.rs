@@ -19,12 +19,13 @@
 //! # Measuring every service
 //!
 //! While the mode is not `off`, every TCP/UDP service address has an entry in its family's
-//! service map (`HP_SERVICES`, `HP_SERVICES6`): accelerated, or a *counting* entry with which the programs count the packet in
-//! the service port's per-CPU slot and pass it on to nftables unchanged. Packets from clients
-//! are counted whichever path serves them (replies are not), so a rate means the same on both
-//! paths; `auto` mode promotes and demotes on it. The cost is a hash lookup that packets to
-//! service addresses without a flow entry paid anyway, and an increment. Each counted port
-//! also has a record in `HP_PORTS` (its name and the decision for each path), so that
+//! service map (`HP_SERVICES`, `HP_SERVICES6`): accelerated, or a *counting* entry with
+//! which the programs count the packet in the service port's per-CPU slot and pass it on to
+//! nftables unchanged. Packets from clients are counted whichever path serves them (replies
+//! are not), so a rate means the same on both paths; `auto` mode promotes and demotes on it.
+//! The cost is a hash lookup that packets to service addresses without a flow entry paid
+//! anyway, and an increment. Each counted port also has a record in `HP_PORTS` (its name
+//! and the decision for each path; for a dual-stack port, its first family's), so that
 //! `proxy-agent status` can explain the pinned maps without the agent.
 //!
 //! # Datapath (see `proxy-ebpf`)
