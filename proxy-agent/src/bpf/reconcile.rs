@@ -177,10 +177,18 @@ pub struct Syncer {
 /// protocol.
 type ServiceAddr = (IpAddr, u16, u8);
 
-/// The forward connection-table keys of the kernel's conntrack entries, both families.
-fn conntrack_keys(conntrack: &mut dyn ConntrackSource) -> io::Result<Vec<FlowEntryKey>> {
-    let mut out: Vec<FlowEntryKey> = conntrack
-        .tuples()?
+/// The forward connection-table keys of the kernel's conntrack entries, of the families
+/// that have newly promoted addresses (a family without any is not read: a failure to read
+/// its table must not hold back the other's marking).
+fn conntrack_keys(
+    conntrack: &mut dyn ConntrackSource,
+    promoted: &BTreeMap<ServiceAddr, u32>,
+) -> io::Result<Vec<FlowEntryKey>> {
+    let v6 = promoted.keys().any(|(ip, _, _)| ip.is_ipv6());
+    let v4 = promoted.keys().any(|(ip, _, _)| ip.is_ipv4());
+    let v4_tuples = if v4 { conntrack.tuples()? } else { Vec::new() };
+    let v6_tuples = if v6 { conntrack.tuples6()? } else { Vec::new() };
+    let mut out: Vec<FlowEntryKey> = v4_tuples
         .iter()
         .map(|t| {
             FlowEntryKey::V4(FlowKey {
@@ -194,7 +202,7 @@ fn conntrack_keys(conntrack: &mut dyn ConntrackSource) -> io::Result<Vec<FlowEnt
             })
         })
         .collect();
-    out.extend(conntrack.tuples6()?.iter().map(|t| {
+    out.extend(v6_tuples.iter().map(|t| {
         FlowEntryKey::V6(FlowKey6 {
             src: t.src,
             dst: t.dst,
@@ -321,7 +329,7 @@ impl Syncer {
         let mut conntrack_error = None;
         let mut first_seen: BTreeSet<FlowEntryKey> = BTreeSet::new();
         if promoted {
-            match conntrack_keys(conntrack) {
+            match conntrack_keys(conntrack, &newly) {
                 Ok(keys) => {
                     first_seen = keys.into_iter().filter(|k| matches(k)).collect();
                     if !first_seen.is_empty() {
@@ -348,7 +356,7 @@ impl Syncer {
 
         let mut late = 0;
         if promoted && conntrack_error.is_none() {
-            match conntrack_keys(conntrack) {
+            match conntrack_keys(conntrack, &newly) {
                 Ok(keys) => {
                     let now = store::monotonic_ns();
                     for k in keys
