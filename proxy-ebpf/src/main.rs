@@ -23,8 +23,9 @@
 //! or `HP_SERVICES6`, accelerated or not: a `COUNT_ONLY` entry makes the programs count the
 //! packet in the service's per-CPU slot and pass it on unchanged. That is what `auto` mode
 //! measures to decide which services are hot, for those nftables serves too.
-//! The connection table (`HP_FLOWS`) is consulted before the service table, so a flow stays
-//! on the path and backend it started on whatever happens to the service afterwards.
+//! The connection table (`HP_FLOWS`, `HP_FLOWS6`) is consulted before the service table, so
+//! a flow stays on the path and backend it started on whatever happens to the service
+//! afterwards.
 //!
 //! Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`. On the host the crate still
 //! compiles (so that clippy checks the program code on stable) into a binary that only says
