@@ -15,7 +15,7 @@
 )]
 
 /// Version of the map layout. Stored in [`Meta::layout_version`] of the pinned `META` map.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Slots in every Maglev table (a prime, as Maglev needs). Each backend owns about
 /// `MAGLEV_SIZE / n` slots; 4093 keeps the imbalance under a few percent up to ~100 backends
@@ -29,13 +29,16 @@ pub const MAX_BACKENDS: usize = 512;
 /// Capacities of the maps (`max_entries`). Fixed in the object: they are part of the layout.
 pub mod capacity {
     /// Service entries (VIP, port, protocol, scope): accelerated ones and, while the fast
-    /// path runs, a counting entry for every other IPv4 TCP/UDP service address.
+    /// path runs, a counting entry for every other TCP/UDP service address. Per family:
+    /// `HP_SERVICES` and `HP_SERVICES6` each have this many, as do the other per-family maps
+    /// below.
     pub const SERVICES: u32 = 131_072;
     /// Maglev tables: two revisions of up to 16k backend sets.
     pub const MAGLEV: u32 = 32_768;
     /// Backends over every set and revision.
     pub const BACKENDS: u32 = 262_144;
-    /// Connection-table entries (two per fast-path flow: forward and reply).
+    /// Connection-table entries (two per fast-path flow: forward and reply). The agent's
+    /// flow-table setting overrides it, for both families.
     pub const CONNECTIONS: u32 = 524_288;
     /// ClientIP affinity entries.
     pub const AFFINITY: u32 = 65_536;
@@ -60,6 +63,10 @@ pub mod set {
     pub const CLUSTER: u8 = 0;
     /// The plan's `local_endpoints`.
     pub const LOCAL: u8 = 1;
+    /// Added to the value for an IPv6 set. A dual-stack port has the same id in both
+    /// families, and `HP_MAGLEV` is shared: the bit keeps the two families' tables apart
+    /// (an IPv6 set's table indexes `HP_BACKENDS6`, an IPv4 set's `HP_BACKENDS`).
+    pub const IPV6: u8 = 0x80;
 }
 
 /// Bits of [`ServiceValue::flags`].
@@ -94,6 +101,10 @@ pub mod tcp {
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
+
+/// An IPv6 address as stored in the maps: its 16 bytes in wire order, as four 32-bit words
+/// (so that the programs compare, copy and checksum it a word at a time).
+pub type Ipv6Words = [u32; 4];
 
 /// Key of `SERVICES`: a service address as a packet addresses it.
 #[repr(C)]
@@ -282,6 +293,77 @@ pub struct AffinityValue {
     pub backend: Backend,
 }
 
+/// Key of `SERVICES6`: an IPv6 service address as a packet addresses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub addr: Ipv6Words,
+    /// Port, network order.
+    pub port: u16,
+    /// IP protocol number (next header).
+    pub proto: u8,
+    /// A [`scope`] value.
+    pub scope: u8,
+}
+
+/// Value of `BACKENDS6` (key: [`BackendKey`] of a set with [`set::IPV6`]), and the address
+/// an IPv6 flow is translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend6 {
+    pub addr: Ipv6Words,
+    /// Port, network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `FLOWS6`, the IPv6 connection table: one direction of one flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey6 {
+    pub src: Ipv6Words,
+    pub dst: Ipv6Words,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// A [`dir`] value.
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// Value of `FLOWS6`: as [`FlowValue`], with an IPv6 translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowValue6 {
+    pub id: u64,
+    pub last_seen_ns: u64,
+    pub nat: Backend6,
+    pub owner: u8,
+    pub tcp_flags: u8,
+    pub _pad: u16,
+    pub counter: u32,
+    pub _pad2: u32,
+}
+
+/// Key of `AFFINITY6`: one IPv6 client of one backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey6 {
+    pub id: u64,
+    pub client: Ipv6Words,
+    pub set: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Value of `AFFINITY6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue6 {
+    pub last_used_ns: u64,
+    pub backend: Backend6,
+    pub _pad: u32,
+}
+
 /// Value of the one-entry `META` array: who wrote the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,7 +412,8 @@ pub enum StatIndex {
     Hairpin = 8,
     /// TCP packets to a fast-path service that are not a first SYN and have no flow.
     NotFirstPacket = 9,
-    /// IPv4 fragments and packets with IP options, passed unchanged.
+    /// IPv4 fragments and packets with IP options, IPv6 packets with extension headers
+    /// (fragments included), passed unchanged.
     FragmentOrOptions = 10,
     /// New flows passed because their reply tuple is taken by another flow.
     ReplyClash = 11,
@@ -389,7 +472,11 @@ pub mod map_names {
     pub const AFFINITY: &str = "HP_AFFINITY";
     pub const SERVICE_STATS: &str = "HP_SVC_STATS";
     pub const PORTS: &str = "HP_PORTS";
-    pub const ALL: [&str; 9] = [
+    pub const SERVICES6: &str = "HP_SERVICES6";
+    pub const BACKENDS6: &str = "HP_BACKENDS6";
+    pub const FLOWS6: &str = "HP_FLOWS6";
+    pub const AFFINITY6: &str = "HP_AFFINITY6";
+    pub const ALL: [&str; 13] = [
         META,
         STATS,
         SERVICES,
@@ -399,6 +486,10 @@ pub mod map_names {
         AFFINITY,
         SERVICE_STATS,
         PORTS,
+        SERVICES6,
+        BACKENDS6,
+        FLOWS6,
+        AFFINITY6,
     ];
 }
 
@@ -427,6 +518,12 @@ mod user {
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::ServiceCounter {}
     unsafe impl aya::Pod for super::PortInfo {}
+    unsafe impl aya::Pod for super::ServiceKey6 {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    unsafe impl aya::Pod for super::FlowValue6 {}
+    unsafe impl aya::Pod for super::AffinityKey6 {}
+    unsafe impl aya::Pod for super::AffinityValue6 {}
 }
 
 #[cfg(test)]
@@ -439,7 +536,7 @@ mod tests {
     /// changes the layout, which needs a [`LAYOUT_VERSION`] bump.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(LAYOUT_VERSION, 3, "bump together with the sizes below");
+        assert_eq!(LAYOUT_VERSION, 4, "bump together with the sizes below");
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (8, 4));
         assert_eq!(
@@ -469,6 +566,85 @@ mod tests {
             (size_of::<PortInfo>(), align_of::<PortInfo>()),
             (PORT_NAME_LEN + 8, 4)
         );
+        assert_eq!(
+            (size_of::<ServiceKey6>(), align_of::<ServiceKey6>()),
+            (20, 4)
+        );
+        assert_eq!((size_of::<Backend6>(), align_of::<Backend6>()), (20, 4));
+        assert_eq!((size_of::<FlowKey6>(), align_of::<FlowKey6>()), (40, 4));
+        assert_eq!((size_of::<FlowValue6>(), align_of::<FlowValue6>()), (48, 8));
+        assert_eq!(
+            (size_of::<AffinityKey6>(), align_of::<AffinityKey6>()),
+            (32, 8)
+        );
+        assert_eq!(
+            (size_of::<AffinityValue6>(), align_of::<AffinityValue6>()),
+            (32, 8)
+        );
+    }
+
+    /// Where each field of the IPv6 types sits: every byte is a named field, so a key
+    /// the agent builds and one the programs build hash the same.
+    #[test]
+    fn ipv6_fields_leave_no_gaps() {
+        use core::mem::offset_of;
+        assert_eq!(
+            [
+                offset_of!(ServiceKey6, port),
+                offset_of!(ServiceKey6, proto),
+                offset_of!(ServiceKey6, scope)
+            ],
+            [16, 18, 19]
+        );
+        assert_eq!(
+            [offset_of!(Backend6, port), offset_of!(Backend6, _pad)],
+            [16, 18]
+        );
+        assert_eq!(
+            [
+                offset_of!(FlowKey6, dst),
+                offset_of!(FlowKey6, sport),
+                offset_of!(FlowKey6, dport),
+                offset_of!(FlowKey6, proto),
+                offset_of!(FlowKey6, dir),
+                offset_of!(FlowKey6, _pad)
+            ],
+            [16, 32, 34, 36, 37, 38]
+        );
+        assert_eq!(
+            [
+                offset_of!(FlowValue6, last_seen_ns),
+                offset_of!(FlowValue6, nat),
+                offset_of!(FlowValue6, owner),
+                offset_of!(FlowValue6, tcp_flags),
+                offset_of!(FlowValue6, _pad),
+                offset_of!(FlowValue6, counter),
+                offset_of!(FlowValue6, _pad2)
+            ],
+            [8, 16, 36, 37, 38, 40, 44]
+        );
+        assert_eq!(
+            [
+                offset_of!(AffinityKey6, client),
+                offset_of!(AffinityKey6, set),
+                offset_of!(AffinityKey6, _pad)
+            ],
+            [8, 24, 25]
+        );
+        assert_eq!(
+            [
+                offset_of!(AffinityValue6, backend),
+                offset_of!(AffinityValue6, _pad)
+            ],
+            [8, 28]
+        );
+    }
+
+    #[test]
+    fn the_ipv6_set_bit_is_apart_from_the_set_values() {
+        for s in [set::CLUSTER, set::LOCAL] {
+            assert_eq!(s & set::IPV6, 0);
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const NODE: &str = "node-a";
 pub const NODE_IP: &str = "192.168.1.10";
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const POD_CIDR: &str = "10.244.1.0/24";
+/// The node's IPv6 address and the IPv6 cluster CIDR of [`plan_dual_stack`].
+pub const NODE_IP6: &str = "fd00:1::10";
+pub const CLUSTER_CIDR6: &str = "fd00:244::/48";
 
 /// XDP and TC verdicts the programs return.
 pub const XDP_PASS: u32 = 2;
@@ -35,6 +38,19 @@ pub const TC_ACT_PIPE: u32 = 3;
 /// # Panics
 /// When an object is invalid.
 pub fn plan(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ProxyPlan {
+    plan_on(services, slices, false)
+}
+
+/// As [`plan`], on a dual-stack node: IPv6 address `fd00:1::10`, IPv6 cluster CIDR
+/// `fd00:244::/48`, service CIDR `fd00:96::/112`.
+///
+/// # Panics
+/// When an object is invalid.
+pub fn plan_dual_stack(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ProxyPlan {
+    plan_on(services, slices, true)
+}
+
+fn plan_on(services: Vec<Service>, slices: Vec<EndpointSlice>, dual: bool) -> ProxyPlan {
     let mut state = ClusterState::new();
     for s in services {
         state.upsert_service(s).expect("valid service");
@@ -42,17 +58,22 @@ pub fn plan(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ProxyPlan {
     for s in slices {
         state.upsert_slice(s).expect("valid slice");
     }
-    state.set_node(Some(
-        NodeBuilder::new(NODE)
-            .internal_ip(NODE_IP)
-            .pod_cidr(POD_CIDR)
-            .build(),
-    ));
+    let mut node = NodeBuilder::new(NODE)
+        .internal_ip(NODE_IP)
+        .pod_cidr(POD_CIDR);
+    let mut cluster_cidrs = vec![CLUSTER_CIDR.parse().unwrap()];
+    let mut service_cidrs = vec!["10.96.0.0/12".parse().unwrap()];
+    if dual {
+        node = node.internal_ip(NODE_IP6);
+        cluster_cidrs.push(CLUSTER_CIDR6.parse().unwrap());
+        service_cidrs.push("fd00:96::/112".parse().unwrap());
+    }
+    state.set_node(Some(node.build()));
     let settings = PlanSettings {
         node_name: NODE.into(),
         detect_local: DetectLocal::ClusterCidr,
-        cluster_cidrs: vec![CLUSTER_CIDR.parse().unwrap()],
-        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        cluster_cidrs,
+        service_cidrs,
         ..PlanSettings::default()
     };
     let plan = plan::compute(&state, &settings);

@@ -6,6 +6,12 @@
 //!                          pods 10.244.1.0/24              pods 10.244.2.0/24
 //! ```
 //!
+//! [`FastPathLab::enable_ipv6`] adds IPv6 alongside: node-a `fd00:1::10` and the external
+//! client `fd00:1::100` on `eth0`, `fd00:2::/64` between the nodes, pods `fd00:244:1::/64`
+//! and `fd00:244:2::/64` (each pod's /128 routed to its veth, its default route via
+//! `fe80::1` on the node's end), the service CIDR `fd00:96::/112` and the load-balancer
+//! range `2001:db8:51::/64` routed from the external client to node-a.
+//!
 //! Pods are wired the way Calico wires them: one veth per pod, the pod's /32 routed to it on
 //! the node, and the pod's default route via a link-local gateway the node answers by proxy
 //! ARP. The nodes route each other's pod CIDR; the external client routes the service CIDR
@@ -15,7 +21,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,6 +34,8 @@ use crate::netns::Netns;
 
 pub const NODE_A_IP: &str = "192.168.1.10";
 pub const EXTERNAL_IP: &str = "192.168.1.100";
+pub const NODE_A_IP6: &str = "fd00:1::10";
+pub const EXTERNAL_IP6: &str = "fd00:1::100";
 /// The port every lab server listens on (TCP and UDP).
 pub const SERVER_PORT: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,6 +53,8 @@ pub struct Pod {
     pub name: String,
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, once [`FastPathLab::enable_ipv6`] gave it one.
+    pub ip6: Option<Ipv6Addr>,
     pub node: Node,
     /// The node-side interface name.
     pub veth: String,
@@ -166,10 +176,91 @@ impl FastPathLab {
             name: name.to_owned(),
             ns,
             ip,
+            ip6: None,
             node: on,
             veth,
         });
         ip
+    }
+
+    /// Adds IPv6 to the lab (see the module's picture) and to every pod added so far; call
+    /// it after the pods are added and before they serve. Addresses skip duplicate address
+    /// detection, so that they are usable at once.
+    pub fn enable_ipv6(&mut self) {
+        let add = |ns: &Netns, addr: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        };
+        add(&self.external, &format!("{EXTERNAL_IP6}/64"), "eth0");
+        add(&self.node, &format!("{NODE_A_IP6}/64"), "eth0");
+        for range in ["fd00:96::/112", "2001:db8:51::/64"] {
+            self.external
+                .ip(&["-6", "route", "add", range, "via", NODE_A_IP6]);
+        }
+        add(&self.node, "fd00:2::1/64", "fab0");
+        add(&self.node_b, "fd00:2::2/64", "fab0");
+        self.node
+            .ip(&["-6", "route", "add", "fd00:244:2::/64", "via", "fd00:2::2"]);
+        self.node_b
+            .ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+        for n in [&self.node, &self.node_b] {
+            sysctl(n, "net.ipv6.conf.all.forwarding", "1");
+        }
+        for pod in &mut self.pods {
+            let subnet = match pod.node {
+                Node::A => 1,
+                Node::B => 2,
+            };
+            let ip6 = Ipv6Addr::new(
+                0xfd00,
+                0x244,
+                subnet,
+                0,
+                0,
+                0,
+                0,
+                u16::from(pod.ip.octets()[3]),
+            );
+            let node = match pod.node {
+                Node::A => &self.node,
+                Node::B => &self.node_b,
+            };
+            // Static link-local addresses on both ends: the gateway the pod routes through,
+            // usable without waiting for duplicate address detection.
+            add(node, "fe80::1/64", &pod.veth);
+            add(&pod.ns, "fe80::2/64", "eth0");
+            add(&pod.ns, &format!("{ip6}/128"), "eth0");
+            pod.ns.ip(&[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ]);
+            node.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                &pod.veth,
+            ]);
+            pod.ip6 = Some(ip6);
+        }
+        // The interfaces' automatic link-local addresses go through duplicate address
+        // detection; until it ends, the nodes do not forward between them reliably (seen
+        // as a first connection across fab0 timing out). Wait for it, briefly.
+        let namespaces: Vec<&Netns> = [&self.node, &self.node_b, &self.external]
+            .into_iter()
+            .chain(self.pods.iter().map(|p| &p.ns))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while namespaces.iter().any(|ns| {
+            !ns.ip(&["-6", "addr", "show", "tentative"])
+                .stdout
+                .is_empty()
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "IPv6 addresses still tentative after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Removes a pod (its namespace and veth).
@@ -184,11 +275,20 @@ impl FastPathLab {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Starts the pod's echo servers on [`SERVER_PORT`].
+    /// Starts the pod's echo servers on [`SERVER_PORT`], on each of its addresses.
     pub fn serve(&mut self, name: &str) {
         let pod = self.pod(name);
+        let mut addrs: Vec<IpAddr> = vec![pod.ip.into()];
+        addrs.extend(pod.ip6.map(IpAddr::from));
+        for ip in addrs {
+            self.serve_on(name, ip);
+        }
+    }
+
+    fn serve_on(&mut self, name: &str, ip: IpAddr) {
+        let pod = self.pod(name);
         let stop = Arc::new(AtomicBool::new(false));
-        let addr = SocketAddr::new(pod.ip.into(), SERVER_PORT);
+        let addr = SocketAddr::new(ip, SERVER_PORT);
         let (listener, udp) = pod.ns.run(|| {
             let l = TcpListener::bind(addr).expect("binding the TCP server");
             l.set_nonblocking(true).unwrap();
@@ -356,7 +456,12 @@ pub struct UdpFlow {
 impl UdpFlow {
     pub fn open(ns: &Netns, local_port: u16, dst: SocketAddr) -> Self {
         let sock = ns.run(|| {
-            let s = UdpSocket::bind(("0.0.0.0", local_port)).expect("binding the UDP client");
+            let any: IpAddr = if dst.is_ipv6() {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
+            let s = UdpSocket::bind((any, local_port)).expect("binding the UDP client");
             s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
             s

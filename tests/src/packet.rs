@@ -199,12 +199,17 @@ pub fn parse(frame: &[u8]) -> Parsed {
     };
     let sport = u16::from_be_bytes([l4[0], l4[1]]);
     let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    // A UDP checksum of 0 means "not computed": allowed over IPv4, invalid over IPv6 (even
+    // when the sum works out, 0xffff is the only way to write a computed 0).
     let stored_zero_udp = proto == IPPROTO_UDP && l4[6] == 0 && l4[7] == 0;
-    let l4_ok = stored_zero_udp
-        || fold(sum16(
+    let l4_ok = if stored_zero_udp {
+        ethertype == 0x0800
+    } else {
+        fold(sum16(
             l4,
             pseudo_header_sum(src_ip, dst_ip, proto, l4.len()),
-        )) == 0;
+        )) == 0
+    };
     Parsed {
         src: SocketAddr::new(src_ip, sport),
         dst: SocketAddr::new(dst_ip, dport),
@@ -279,6 +284,84 @@ pub fn icmp_echo(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Vec<u8> {
     ipv4_other(src, dst, 1, &icmp)
 }
 
+/// Next-header values of IPv6 extension headers the tests insert.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTIONS: u8 = 60;
+
+/// The IPv6 frame with an 8-byte extension header of type `next_header` between the fixed
+/// header and the transport header: options (one padding option) for hop-by-hop and destination
+/// options, a first fragment (more-fragments set) for the fragment header.
+///
+/// # Panics
+/// When the frame is not IPv6.
+pub fn ipv6_with_extension(frame: &[u8], next_header: u8) -> Vec<u8> {
+    assert_eq!(&frame[12..14], &[0x86, 0xdd], "IPv6 only");
+    let ip = ETH_HLEN;
+    let inner = frame[ip + 6];
+    let ext: [u8; 8] = if next_header == IPV6_FRAGMENT {
+        // Offset 0, more fragments; identification 0x01020304.
+        [inner, 0, 0x00, 0x01, 1, 2, 3, 4]
+    } else {
+        [inner, 0, 1, 4, 0, 0, 0, 0]
+    };
+    let mut f = Vec::with_capacity(frame.len() + 8);
+    f.extend_from_slice(&frame[..ip + 40]);
+    f.extend_from_slice(&ext);
+    f.extend_from_slice(&frame[ip + 40..]);
+    f[ip + 6] = next_header;
+    let len = u16::from_be_bytes([f[ip + 4], f[ip + 5]]) + 8;
+    f[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes());
+    f
+}
+
+/// An IPv6 frame carrying `payload` as next header `next_header` (an ICMP echo, ...).
+pub fn ipv6_other(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next_header: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&u16::try_from(payload.len()).expect("short").to_be_bytes());
+    ip[6] = next_header;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A two-byte UDP payload with which a datagram from `src` to `dst` sums to a checksum of
+/// 0, which must go on the wire as 0xffff (over IPv6, 0 would mean "no checksum", invalid).
+/// A program that rewrites a datagram into this one must produce 0xffff.
+pub fn udp_payload_summing_to_zero(src: SocketAddr, dst: SocketAddr) -> [u8; 2] {
+    let mut l4 = vec![0u8; 10];
+    l4[0..2].copy_from_slice(&src.port().to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    l4[4..6].copy_from_slice(&10u16.to_be_bytes());
+    let mut sum = sum16(&l4, pseudo_header_sum(src.ip(), dst.ip(), IPPROTO_UDP, 10));
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // The payload word brings the one's-complement sum to 0xffff: its complement is 0.
+    let word = u16::try_from(0xffff - sum).expect("folded above");
+    word.to_be_bytes()
+}
+
+/// The UDP checksum field of a frame as sent.
+pub fn udp_checksum_field(frame: &[u8]) -> u16 {
+    let l4 = if u16::from_be_bytes([frame[12], frame[13]]) == 0x86dd {
+        ETH_HLEN + 40
+    } else {
+        ETH_HLEN + usize::from(frame[ETH_HLEN] & 0x0f) * 4
+    };
+    u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]])
+}
+
 /// An SCTP packet header (ports first, like TCP and UDP) without chunks.
 pub fn sctp(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
@@ -310,6 +393,32 @@ mod tests {
                 assert_eq!((p.src, p.dst, p.proto), (src, dst, frame.proto));
                 assert!(p.ip_checksum_ok && p.l4_checksum_ok, "{p:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_zero_summing_payload_gets_0xffff_and_an_ipv6_udp_zero_is_invalid() {
+        let src: SocketAddr = "[fd00::1]:1234".parse().unwrap();
+        let dst: SocketAddr = "[fd00:96::10]:53".parse().unwrap();
+        let payload = udp_payload_summing_to_zero(src, dst);
+        let mut bytes = Frame::udp(src, dst, &payload).build();
+        assert_eq!(udp_checksum_field(&bytes), 0xffff);
+        assert!(parse(&bytes).l4_checksum_ok);
+        let at = ETH_HLEN + 40 + 6;
+        bytes[at..at + 2].copy_from_slice(&[0, 0]);
+        assert!(!parse(&bytes).l4_checksum_ok, "0 is no IPv6 UDP checksum");
+    }
+
+    #[test]
+    fn an_extension_header_keeps_the_transport_header_behind_it() {
+        let src: SocketAddr = "[fd00::1]:1234".parse().unwrap();
+        let dst: SocketAddr = "[fd00:96::10]:80".parse().unwrap();
+        let frame = Frame::tcp(src, dst, TCP_SYN).build();
+        for ext in [IPV6_HOP_BY_HOP, IPV6_FRAGMENT, IPV6_DEST_OPTIONS] {
+            let f = ipv6_with_extension(&frame, ext);
+            assert_eq!(f.len(), frame.len() + 8);
+            assert_eq!((f[ETH_HLEN + 6], f[ETH_HLEN + 40]), (ext, IPPROTO_TCP));
+            assert_eq!(&f[ETH_HLEN + 48..], &frame[ETH_HLEN + 40..]);
         }
     }
 

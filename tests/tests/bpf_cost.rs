@@ -12,14 +12,14 @@ fn per_packet_cost_with_1_and_10000_services() {
     }
     let rows = bench::prog_costs(&[1, 10_000], 100_000, 5, 3)
         .unwrap_or_else(|e| panic!("measuring: {}", chain(&e)));
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 18, "9 cases, 2 service counts");
     println!(
-        "{:<14} {:<24} {:>9} {:>12}",
+        "{:<14} {:<28} {:>9} {:>12}",
         "program", "case", "services", "ns/packet"
     );
     for r in &rows {
         println!(
-            "{:<14} {:<24} {:>9} {:>12}",
+            "{:<14} {:<28} {:>9} {:>12}",
             r.program,
             r.case,
             r.services,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use hybrid_proxy_tests::{
-    bpf_harness::{TestDatapath, plan},
+    bpf_harness::{NODE_IP6, TestDatapath, plan, plan_dual_stack},
     packet::{self, Frame, TCP_ACK, TCP_SYN},
     privileged,
 };
@@ -667,4 +667,333 @@ fn counting_entries_count_packets_nftables_serves_and_pass_them_unchanged() {
     let report = t.apply(&nodeport_plan(false, &three_endpoints()));
     assert_eq!(report.counted_only, 0);
     assert!(t.dp.maps.services().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6: the same service, dual-stack, served by the IPv6 maps.
+
+const VIP6: &str = "fd00:96::10";
+const LOCAL6_A: &str = "fd00:244:1::5";
+const LOCAL6_B: &str = "fd00:244:1::6";
+const REMOTE6: &str = "fd00:244:2::5";
+const CLIENT6: &str = "fd00:244:1::20";
+const LB6: &str = "2001:db8:51::7";
+
+fn sa6(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// `web` on both families (IPv4 VIP and endpoints as above, IPv6 ones alongside).
+fn web6(protocol: &str) -> ServiceBuilder {
+    ServiceBuilder::cluster_ip("default", "web", &format!("{VIP},{VIP6}"))
+        .port("http", 80)
+        .protocol(protocol)
+        .with_spec(|s| {
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+            s.ip_family_policy = Some("RequireDualStack".into());
+        })
+}
+
+fn web6_slice(protocol: &str, endpoints: &[(&str, &str)]) -> EndpointSlice {
+    let mut b = SliceBuilder::new("default", "web")
+        .name("web-v6")
+        .ipv6()
+        .port_with_protocol("http", 8080, protocol);
+    for (ip, node) in endpoints {
+        b = b.endpoint(ip, node);
+    }
+    b.build()
+}
+
+fn three_endpoints6() -> [(&'static str, &'static str); 3] {
+    [
+        (LOCAL6_A, "node-a"),
+        (LOCAL6_B, "node-a"),
+        (REMOTE6, "node-b"),
+    ]
+}
+
+fn web6_plan(svc: ServiceBuilder, protocol: &str) -> ProxyPlan {
+    plan_dual_stack(
+        vec![svc.build()],
+        vec![
+            web_slice(protocol, &three_endpoints()),
+            web6_slice(protocol, &three_endpoints6()),
+        ],
+    )
+}
+
+fn backends6() -> BTreeSet<SocketAddr> {
+    [LOCAL6_A, LOCAL6_B, REMOTE6]
+        .iter()
+        .map(|ip| sa6(ip, 8080))
+        .collect()
+}
+
+/// Checks a rewritten IPv6 frame (its transport checksum, and the hop limit left alone).
+fn valid6(frame: &[u8]) -> packet::Parsed {
+    let p = valid(frame);
+    assert!(p.src.is_ipv6(), "{p:?}");
+    assert_eq!(frame[packet::ETH_HLEN + 7], 64, "hop limit untouched");
+    p
+}
+
+#[test]
+fn ipv6_clusterip_tcp_flow_is_dnated_followed_and_reverse_translated() {
+    if !root("ipv6_clusterip_tcp_flow") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    let report = t.apply(&web6_plan(web6("TCP"), "TCP"));
+    assert_eq!(report.accelerated_ports(), 2, "both families: {report}");
+    let client = sa6(CLIENT6, 40000);
+    let vip = sa6(VIP6, 80);
+
+    let syn = valid6(&t.from_pod(&Frame::tcp(client, vip, TCP_SYN).build()).frame);
+    assert!(backends6().contains(&syn.dst), "SYN went to {}", syn.dst);
+    assert_eq!(syn.src, client, "no SNAT");
+    let backend = syn.dst;
+    for flags in [TCP_ACK, TCP_ACK | 0x08, TCP_ACK | 0x01] {
+        let later = valid6(&t.from_pod(&Frame::tcp(client, vip, flags).build()).frame);
+        assert_eq!(later.dst, backend, "the flow stays on its backend");
+    }
+    let reply = valid6(
+        &t.to_client(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build())
+            .frame,
+    );
+    assert_eq!(
+        (reply.src, reply.dst),
+        (vip, client),
+        "the client sees the VIP"
+    );
+
+    // The IPv4 twin is served alongside, from its own maps.
+    let client4 = sa(&format!("{CLIENT}:40000"));
+    let out4 = valid(
+        &t.from_pod(&Frame::tcp(client4, sa(&format!("{VIP}:80")), TCP_SYN).build())
+            .frame,
+    );
+    assert!(backends().contains(&out4.dst), "IPv4 went to {}", out4.dst);
+
+    assert_eq!(t.stat(StatIndex::NewFlow), 2);
+    assert_eq!(t.stat(StatIndex::FlowHit), 3);
+    assert_eq!(t.stat(StatIndex::ReplyTranslated), 1);
+    let c = t.counters().service(report.ports[0].id);
+    assert_eq!(c.fast_packets, 6, "both families share the port's counters");
+    assert_eq!(t.dp.maps.flows6().unwrap().len(), 2, "forward and reply");
+}
+
+#[test]
+fn ipv6_udp_flows_spread_translate_both_ways_and_never_carry_a_zero_checksum() {
+    if !root("ipv6_udp_flow") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    t.apply(&web6_plan(web6("UDP"), "UDP"));
+    let vip = sa6(VIP6, 80);
+    let mut seen = BTreeSet::new();
+    for port in 0..64u16 {
+        let client = sa6(CLIENT6, 30000 + port);
+        let first = valid6(&t.from_pod(&Frame::udp(client, vip, b"query").build()).frame);
+        assert!(backends6().contains(&first.dst), "went to {}", first.dst);
+        // A datagram of the same flow whose translated checksum sums to 0: it must leave
+        // as 0xffff, never 0 (no checksum, invalid over IPv6).
+        let zero = packet::udp_payload_summing_to_zero(client, first.dst);
+        let out = t.from_pod(&Frame::udp(client, vip, &zero).build());
+        let second = valid6(&out.frame);
+        assert_eq!(second.dst, first.dst);
+        assert_eq!(packet::udp_checksum_field(&out.frame), 0xffff);
+        // The same on the way back: a reply that sums to 0 once the VIP is restored.
+        let zero = packet::udp_payload_summing_to_zero(vip, client);
+        let out = t.to_client(&Frame::udp(first.dst, client, &zero).build());
+        let reply = valid6(&out.frame);
+        assert_eq!(reply.src, vip);
+        assert_eq!(packet::udp_checksum_field(&out.frame), 0xffff);
+        seen.insert(first.dst);
+    }
+    assert_eq!(seen, backends6(), "64 flows use every backend");
+    assert_eq!(t.stat(StatIndex::NewFlow), 64);
+    assert_eq!(t.stat(StatIndex::ReplyTranslated), 64);
+}
+
+#[test]
+fn ipv6_xdp_dnats_nodeport_and_lb_ip_to_local_endpoints() {
+    if !root("ipv6_xdp_nodeport") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    let svc = web6("TCP")
+        .node_port(30080)
+        .load_balancer(&["198.51.100.7", LB6])
+        .external_policy_local();
+    let report = t.apply(&web6_plan(svc, "TCP"));
+    assert!(report.ports.iter().all(|p| p.external.is_ok()), "{report}");
+    let locals: BTreeSet<SocketAddr> = [LOCAL6_A, LOCAL6_B]
+        .iter()
+        .map(|ip| sa6(ip, 8080))
+        .collect();
+    let external = "2001:db8:1::100";
+    for (i, dst) in [sa6(NODE_IP6, 30080), sa6(LB6, 80)].into_iter().enumerate() {
+        let port = 50000 + u16::try_from(i).unwrap();
+        for tcp in [true, false] {
+            let client = sa6(external, port + if tcp { 0 } else { 100 });
+            let frame = if tcp {
+                Frame::tcp(client, dst, TCP_SYN)
+            } else {
+                Frame::udp(client, dst, b"datagram")
+            };
+            let out = t.xdp(&frame.build());
+            if !tcp {
+                // The service is TCP only: UDP to it passes unchanged.
+                assert_eq!(out.frame, frame.build());
+                continue;
+            }
+            let out = valid6(&out.frame);
+            assert!(locals.contains(&out.dst), "{dst} went to {}", out.dst);
+            assert_eq!(out.src, client);
+            let reply = valid6(
+                &t.to_client(&Frame::tcp(out.dst, client, TCP_SYN | TCP_ACK).build())
+                    .frame,
+            );
+            assert_eq!(reply.src, dst, "the client sees the address it used");
+        }
+    }
+    assert_eq!(t.stat(StatIndex::NewFlow), 2);
+}
+
+#[test]
+fn ipv6_xdp_udp_checksums_stay_valid_and_never_zero() {
+    if !root("ipv6_xdp_udp") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    let svc = web6("UDP").node_port(30053).external_policy_local();
+    t.apply(&web6_plan(svc, "UDP"));
+    let dst = sa6(NODE_IP6, 30053);
+    let locals: BTreeSet<SocketAddr> = [LOCAL6_A, LOCAL6_B]
+        .iter()
+        .map(|ip| sa6(ip, 8080))
+        .collect();
+    for port in 0..16u16 {
+        let client = sa6("2001:db8:1::100", 40000 + port);
+        let first = valid6(&t.xdp(&Frame::udp(client, dst, b"hello").build()).frame);
+        assert!(locals.contains(&first.dst), "went to {}", first.dst);
+        let zero = packet::udp_payload_summing_to_zero(client, first.dst);
+        let out = t.xdp(&Frame::udp(client, dst, &zero).build());
+        assert_eq!(valid6(&out.frame).dst, first.dst);
+        assert_eq!(packet::udp_checksum_field(&out.frame), 0xffff);
+    }
+}
+
+#[test]
+fn ipv6_packets_the_fast_path_does_not_own_pass_unchanged() {
+    if !root("ipv6_pass_through") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    t.apply(&web6_plan(web6("TCP"), "TCP"));
+    let client = sa6(CLIENT6, 40000);
+    let vip = sa6(VIP6, 80);
+    let syn = Frame::tcp(client, vip, TCP_SYN).build();
+    let udp = Frame::udp(client, sa6(VIP6, 80), b"x").build();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "unknown service",
+            Frame::tcp(client, sa6("fd00:96::99", 80), TCP_SYN).build(),
+        ),
+        (
+            "other port of the VIP",
+            Frame::tcp(client, sa6(VIP6, 81), TCP_SYN).build(),
+        ),
+        (
+            "hop-by-hop options",
+            packet::ipv6_with_extension(&syn, packet::IPV6_HOP_BY_HOP),
+        ),
+        (
+            "first fragment",
+            packet::ipv6_with_extension(&syn, packet::IPV6_FRAGMENT),
+        ),
+        (
+            "destination options",
+            packet::ipv6_with_extension(&syn, packet::IPV6_DEST_OPTIONS),
+        ),
+        (
+            "TCP ACK without a flow",
+            Frame::tcp(client, vip, TCP_ACK).build(),
+        ),
+        (
+            "ICMPv6 echo",
+            packet::ipv6_other(
+                CLIENT6.parse().unwrap(),
+                VIP6.parse().unwrap(),
+                58,
+                &[128, 0, 0, 0, 0, 1, 0, 1],
+            ),
+        ),
+        ("UDP to a TCP port", udp),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(
+            &t.from_pod(frame).frame,
+            frame,
+            "{what}: changed by TC ingress"
+        );
+        assert_eq!(&t.xdp(frame).frame, frame, "{what}: changed by XDP");
+        assert_eq!(
+            &t.to_client(frame).frame,
+            frame,
+            "{what}: changed by TC egress"
+        );
+    }
+    assert_eq!(t.stat(StatIndex::NewFlow), 0);
+    assert_eq!(
+        t.stat(StatIndex::FragmentOrOptions),
+        9,
+        "three extension headers, three programs"
+    );
+    assert_eq!(
+        t.stat(StatIndex::NotFirstPacket),
+        1,
+        "the ACK via TC ingress"
+    );
+    assert!(t.dp.maps.flows6().unwrap().is_empty());
+    // The ClusterIP is not on the external (XDP) path.
+    assert_eq!(t.xdp(&syn).frame, syn);
+}
+
+#[test]
+fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend_and_spreads_clients() {
+    if !root("ipv6_affinity") {
+        return;
+    }
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    let report = t.apply(&web6_plan(web6("TCP").affinity(Some(600)), "TCP"));
+    assert!(
+        report
+            .writes
+            .to_string()
+            .contains("[fd00:96::10]:80/tcp [pods]")
+            && report.writes.to_string().contains("affinity 600s"),
+        "{}",
+        report.writes
+    );
+    let vip = sa6(VIP6, 80);
+    let mut per_client = BTreeMap::new();
+    for c in 0..30u16 {
+        let ip: std::net::Ipv6Addr = format!("fd00:244:1::{:x}", 0x100 + c).parse().unwrap();
+        let mut chosen = BTreeSet::new();
+        for port in 0..8u16 {
+            let client = SocketAddr::new(ip.into(), 40000 + port);
+            let out = valid6(&t.from_pod(&Frame::tcp(client, vip, TCP_SYN).build()).frame);
+            chosen.insert(out.dst);
+        }
+        assert_eq!(chosen.len(), 1, "client {ip} went to {chosen:?}");
+        per_client.insert(ip, chosen.into_iter().next().unwrap());
+    }
+    let used: BTreeSet<_> = per_client.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "30 clients use every backend: {per_client:?}"
+    );
 }

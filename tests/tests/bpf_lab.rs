@@ -13,7 +13,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use hybrid_proxy_tests::{
-    bpf_harness::{chain, plan},
+    bpf_harness::{chain, plan, plan_dual_stack},
     bpf_lab::{Connection, FastPathLab, Node, UdpFlow, tcp_once},
     privileged,
 };
@@ -521,4 +521,137 @@ fn flows_nftables_started_stay_with_nftables_when_the_service_is_promoted() {
     );
     let status = fp.status().unwrap();
     assert!(status.counters.stat(StatIndex::NftablesOwned).packets >= 5);
+}
+
+/// `web6` (TCP, node port 30080, eTP Local) and `dns6` (UDP), dual-stack, on `b1` (node-a)
+/// and `b2` (node-b).
+fn ipv6_plan(lab: &FastPathLab, b1: std::net::Ipv4Addr, b2: std::net::Ipv4Addr) -> ProxyPlan {
+    let v6 = |name: &str| lab.pod(name).ip6.expect("IPv6 enabled").to_string();
+    let dual = |name: &str, vips: &str, port: i32, protocol: &str| {
+        ServiceBuilder::cluster_ip("default", name, vips)
+            .port("p", port)
+            .protocol(protocol)
+            .with_spec(|s| {
+                s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+                s.ip_family_policy = Some("RequireDualStack".into());
+            })
+    };
+    let slice6 = |name: &str, protocol: &str| {
+        SliceBuilder::new("default", name)
+            .name(&format!("{name}-v6"))
+            .ipv6()
+            .port_with_protocol("p", 8080, protocol)
+            .endpoint(&v6("b1"), "node-a")
+            .endpoint(&v6("b2"), "node-b")
+            .build()
+    };
+    let backends = [(b1, "node-a"), (b2, "node-b")];
+    plan_dual_stack(
+        vec![
+            dual("web6", "10.96.0.30,fd00:96::30", 80, "TCP")
+                .node_port(30080)
+                .external_policy_local()
+                .build(),
+            dual("dns6", "10.96.0.31,fd00:96::31", 53, "UDP").build(),
+        ],
+        vec![
+            slice("web6", "TCP", &backends),
+            slice6("web6", "TCP"),
+            slice("dns6", "UDP", &backends),
+            slice6("dns6", "UDP"),
+        ],
+    )
+}
+
+#[test]
+fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
+    if !root("bpf_lab_ipv6") {
+        return;
+    }
+    let mut lab = FastPathLab::new("fp6");
+    lab.add_pod("c1", Node::A);
+    let b1 = lab.add_pod("b1", Node::A);
+    let b2 = lab.add_pod("b2", Node::B);
+    lab.enable_ipv6();
+    lab.serve("b1");
+    lab.serve("b2");
+    let p = ipv6_plan(&lab, b1, b2);
+    let pin = Pin::new("ipv6");
+    let mut fp = open(&lab, &config(&pin, AccelerationMode::All));
+    apply(&lab, &mut fp, &p, 1);
+
+    // From a pod to the IPv6 ClusterIP: local and remote backends, TCP and UDP. Nothing
+    // but the fast path knows these addresses in the lab, so every answer proves it.
+    let c1 = &lab.pod("c1").ns;
+    // The lab's IPv6 itself: straight to each backend.
+    for b in ["b1", "b2"] {
+        let to = SocketAddr::new(lab.pod(b).ip6.unwrap().into(), 8080);
+        let who = tcp_once(c1, None, to)
+            .unwrap_or_else(|e| panic!("pod TCP straight to {to}: {e}\n{}", fp.status().unwrap()));
+        assert_eq!(who, b);
+    }
+    let mut answered = BTreeSet::new();
+    for _ in 0..12 {
+        let who = tcp_once(c1, None, sa("[fd00:96::30]:80")).unwrap_or_else(|e| {
+            panic!(
+                "pod TCP to the IPv6 ClusterIP: {e}\n{}",
+                fp.status().unwrap()
+            )
+        });
+        answered.insert(who);
+    }
+    assert_eq!(
+        answered,
+        ["b1", "b2"].map(String::from).into(),
+        "both backends"
+    );
+    let mut conn = Connection::open(c1, None, sa("[fd00:96::30]:80")).unwrap();
+    let first = conn.request().unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            conn.request().unwrap(),
+            first,
+            "a connection keeps its backend"
+        );
+    }
+    let mut answered = BTreeSet::new();
+    for port in 0..12u16 {
+        let flow = UdpFlow::open(c1, 41000 + port, sa("[fd00:96::31]:53"));
+        // `request` checks the answer comes from the ClusterIP: reverse translation.
+        answered.insert(
+            flow.request()
+                .unwrap_or_else(|e| panic!("pod UDP to the IPv6 ClusterIP: {e}")),
+        );
+    }
+    assert_eq!(
+        answered,
+        ["b1", "b2"].map(String::from).into(),
+        "both backends"
+    );
+
+    // From outside to the node port on the node's IPv6 address: XDP, the local endpoint.
+    for _ in 0..5 {
+        let who = tcp_once(&lab.external, None, sa("[fd00:1::10]:30080"))
+            .unwrap_or_else(|e| panic!("external TCP to the IPv6 node port: {e}"));
+        assert_eq!(who, "b1", "eTP Local: the local endpoint");
+    }
+
+    let status = fp.status().unwrap();
+    println!("{status}");
+    assert!(
+        status.counters.service(id_of(&p, "web6")).fast_packets >= (12 + 1 + 5) * 3,
+        "{status}"
+    );
+    assert!(status.counters.service(id_of(&p, "dns6")).fast_packets >= 12 * 2);
+    assert!(status.counters.stat(StatIndex::NewFlow).packets >= 12 + 1 + 12 + 5);
+    assert!(status.counters.stat(StatIndex::ReplyTranslated).packets >= 12 * 2);
+    let flows6 = fp.maps().flows6().unwrap();
+    assert!(
+        !flows6.is_empty(),
+        "the flows are in the IPv6 connection table"
+    );
+    assert!(
+        fp.maps().flows().unwrap().is_empty(),
+        "no IPv4 flow took part"
+    );
 }

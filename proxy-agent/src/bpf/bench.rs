@@ -7,7 +7,10 @@
 //! the first service's address, so each run translates the packet one way or the other
 //! through an existing connection-table entry.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use aya::{
     TestRun as _, TestRunOptions,
@@ -80,6 +83,44 @@ pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: usize) -> 
     f
 }
 
+/// An Ethernet/IPv6/UDP frame with a valid checksum (never 0).
+pub fn udp6_frame(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: usize) -> Vec<u8> {
+    let udp_len = 8 + payload;
+    let mut f = vec![0u8; 14 + 40 + udp_len];
+    f[0..12].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let len = u16::try_from(udp_len).expect("small").to_be_bytes();
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&len);
+    f[20] = 17;
+    f[21] = 64;
+    f[22..38].copy_from_slice(&src.0.octets());
+    f[38..54].copy_from_slice(&dst.0.octets());
+    f[54..56].copy_from_slice(&src.1.to_be_bytes());
+    f[56..58].copy_from_slice(&dst.1.to_be_bytes());
+    f[58..60].copy_from_slice(&len);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&f[22..54]);
+    pseudo.extend_from_slice(&[0, 0]);
+    pseudo.extend_from_slice(&len);
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    let mut sum = 0u32;
+    for c in pseudo.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    let mut c = checksum(&f[54..], sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    f[60..62].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The IPv6 service under test and its mirror (see the module's comment).
+const VIP6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 1), 53);
+const BACKEND6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 2), 5353);
+const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 9, 0, 0, 0, 0, 9), 40000);
+
 /// The address of the service that is only counted.
 const COUNTED: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 97, 0, 1), 53);
 
@@ -92,10 +133,14 @@ fn vip(i: usize) -> Ipv4Addr {
 /// the first), each with two backends.
 fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     let mut desired = Desired::default();
-    let mut add = |id: u64, addr: (Ipv4Addr, u16), backends: Vec<(Ipv4Addr, u16)>| {
+    let mut add = |id: u64, addr: (IpAddr, u16), backends: Vec<(IpAddr, u16)>| {
         let set = SetId {
             id,
-            set: proxy_common::set::CLUSTER,
+            set: if addr.0.is_ipv6() {
+                proxy_common::set::CLUSTER | proxy_common::set::IPV6
+            } else {
+                proxy_common::set::CLUSTER
+            },
         };
         desired.sets.insert(
             set,
@@ -116,22 +161,25 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
             );
         }
     };
-    let under_test = (vip(0), 53);
-    let backend = (Ipv4Addr::new(10, 244, 0, 2), 5353);
+    let under_test = (vip(0).into(), 53);
+    let backend = (Ipv4Addr::new(10, 244, 0, 2).into(), 5353);
     add(1, under_test, vec![backend]);
     add(2, backend, vec![under_test]);
+    let (vip6, backend6) = ((VIP6.0.into(), VIP6.1), (BACKEND6.0.into(), BACKEND6.1));
+    add(4, vip6, vec![backend6]);
+    add(5, backend6, vec![vip6]);
     for i in 1..services {
         let i64 = u64::try_from(i).expect("small");
         add(
             1000 + i64,
-            (vip(i), 53),
+            (vip(i).into(), 53),
             vec![
                 (
-                    Ipv4Addr::from(0x0af4_0000 + u32::try_from(i).expect("small")),
+                    Ipv4Addr::from(0x0af4_0000 + u32::try_from(i).expect("small")).into(),
                     8080,
                 ),
                 (
-                    Ipv4Addr::from(0x0af5_0000 + u32::try_from(i).expect("small")),
+                    Ipv4Addr::from(0x0af5_0000 + u32::try_from(i).expect("small")).into(),
                     8080,
                 ),
             ],
@@ -140,7 +188,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     // A service nftables serves: the programs only count its packets.
     for key_scope in [scope::POD, scope::EXTERNAL] {
         desired.services.insert(
-            writes::service_key(COUNTED.0, COUNTED.1, Protocol::Udp, key_scope),
+            writes::service_key(COUNTED.0.into(), COUNTED.1, Protocol::Udp, key_scope),
             DesiredService {
                 set: SetId {
                     id: 3,
@@ -199,7 +247,7 @@ fn run_median(
 }
 
 /// The cases measured: program, case, and the frame it runs on.
-fn cases() -> [(&'static str, &'static str, Vec<u8>); 6] {
+fn cases() -> [(&'static str, &'static str, Vec<u8>); 9] {
     let client = (Ipv4Addr::new(10, 244, 9, 9), 40000);
     let to_vip = udp_frame(client, (vip(0), 53), 64);
     let reply = udp_frame((Ipv4Addr::new(10, 244, 0, 2), 5353), client, 64);
@@ -220,13 +268,29 @@ fn cases() -> [(&'static str, &'static str, Vec<u8>); 6] {
             to_counted,
         ),
         (program_names::TC_EGRESS, "reply, reverse NAT", reply),
+        (
+            program_names::XDP,
+            "IPv6 established flow, DNAT",
+            udp6_frame(CLIENT6, VIP6, 64),
+        ),
+        (
+            program_names::TC_INGRESS,
+            "IPv6 established flow, DNAT",
+            udp6_frame(CLIENT6, VIP6, 64),
+        ),
+        (
+            program_names::TC_EGRESS,
+            "IPv6 reply, reverse NAT",
+            udp6_frame(BACKEND6, CLIENT6, 64),
+        ),
     ]
 }
 
 /// Measures the programs' cost per packet with `services` services loaded: a packet of an
 /// established flow through XDP and TC ingress (translated every run), a reply through TC
 /// egress, a packet to no service through XDP, and a packet to a service nftables serves
-/// (only counted) through XDP and TC ingress.
+/// (only counted) through XDP and TC ingress; and the same established-flow and reply
+/// cases over IPv6.
 pub fn prog_cost(services: usize, repeat: u32, rounds: u32) -> Result<Vec<ProgCost>, BpfError> {
     prog_costs(&[services], repeat, rounds, 1)
 }

@@ -14,8 +14,9 @@
 //!
 //! In `auto` mode the choice among eligible ports is the hot-service policy's
 //! ([`super::policy`]), handed in as an [`AutoChoice`]; an annotation still wins both ways.
-//! Whatever the mode (but `off`), every IPv4 TCP/UDP port is also *counted*: its addresses
-//! get counting entries wherever they are not accelerated (see [`PortEligibility::counted`]).
+//! Whatever the mode (but `off`), every TCP/UDP port, IPv4 or IPv6, is also *counted*: its
+//! addresses get counting entries wherever they are not accelerated (see
+//! [`PortEligibility::counted`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,7 +40,6 @@ pub enum Reason {
     NotAnnotated,
     AnnotationOff,
     Sctp,
-    Ipv6,
     /// The service has no usable endpoint (nftables rejects).
     NoEndpoints,
     /// No endpoint this path may use here (Local policy without local endpoints: nftables
@@ -64,12 +64,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 13] = [
         Self::ModeOff,
         Self::NotAnnotated,
         Self::AnnotationOff,
         Self::Sctp,
-        Self::Ipv6,
         Self::NoEndpoints,
         Self::NoLocalEndpoints,
         Self::NeedsSnat,
@@ -111,7 +110,6 @@ impl fmt::Display for Reason {
             Self::NotAnnotated => "not annotated",
             Self::AnnotationOff => "annotation off",
             Self::Sctp => "SCTP",
-            Self::Ipv6 => "IPv6 not supported",
             Self::NoEndpoints => "no endpoints",
             Self::NoLocalEndpoints => "no local endpoints",
             Self::NeedsSnat => "needs SNAT",
@@ -161,8 +159,8 @@ pub struct Accelerated {
 /// One path's decision.
 pub type Decision = Result<Accelerated, Reason>;
 
-/// The service addresses of a port that the programs count, by scope: those of every IPv4
-/// TCP/UDP port while the mode is not `off`, accelerated or not.
+/// The service addresses of a port that the programs count, by scope: those of every
+/// TCP/UDP port (either family) while the mode is not `off`, accelerated or not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counted {
     /// Addresses pods reach (TC ingress): the cluster IP and the external addresses.
@@ -314,7 +312,6 @@ pub fn decide_auto(
 fn service_gate(
     svc: &ServicePlan,
     port: &ServicePortPlan,
-    fam: &FamilyPlan,
     mode: AccelerationMode,
     choice: &AutoChoice,
 ) -> Option<Reason> {
@@ -328,21 +325,20 @@ fn service_gate(
         }
         AccelerationMode::Auto if svc.acceleration != AccelerationAnnotation::On => {
             if let Some(reason) = choice.gate(port.id) {
-                // Protocol and family come first: they are the more lasting reasons.
-                return Some(unsupported(port, fam).unwrap_or(reason));
+                // The protocol comes first: it is the more lasting reason.
+                return Some(unsupported(port).unwrap_or(reason));
             }
         }
         _ => {}
     }
-    unsupported(port, fam)
+    unsupported(port)
 }
 
-fn unsupported(port: &ServicePortPlan, fam: &FamilyPlan) -> Option<Reason> {
+/// What the programs cannot serve at all, whatever the mode. Both families are served
+/// (IPv6 packets with extension headers pass to nftables packet by packet).
+fn unsupported(port: &ServicePortPlan) -> Option<Reason> {
     if port.protocol == Protocol::Sctp {
         return Some(Reason::Sctp);
-    }
-    if fam.family == IpFamily::V6 {
-        return Some(Reason::Ipv6);
     }
     None
 }
@@ -416,10 +412,10 @@ fn decide_port(
         external: Err(Reason::ModeOff),
         counted: Counted::default(),
     };
-    if mode != AccelerationMode::Off && unsupported(port, fam).is_none() {
+    if mode != AccelerationMode::Off && unsupported(port).is_none() {
         result.counted = counted_addresses(port, fam, node);
     }
-    if let Some(reason) = service_gate(svc, port, fam, mode, choice) {
+    if let Some(reason) = service_gate(svc, port, mode, choice) {
         result.pods = Err(reason);
         result.external = Err(reason);
         return result;

@@ -79,7 +79,7 @@ pub struct FastPathGauges {
     pub generation: u64,
     /// Service ports accelerated on at least one path.
     pub accelerated_ports: usize,
-    /// Service ports counted (every IPv4 TCP/UDP one while the mode is not `off`).
+    /// Service ports counted (every TCP/UDP one, either family, while the mode is not `off`).
     pub counted_ports: usize,
     /// Entries of the connection table at the last garbage collection.
     pub flows: Option<usize>,
@@ -113,7 +113,9 @@ pub struct FastPathStatus {
     pub counters: Counters,
     /// `auto`: the rate the policy last measured of each port it considers.
     pub rates: BTreeMap<ServicePortId, f64>,
+    /// Connection-table entries, both families.
     pub flows: usize,
+    /// Capacity of each family's connection table.
     pub flow_capacity: u32,
 }
 
@@ -499,7 +501,7 @@ impl FastPath {
                 .iter()
                 .filter_map(|c| self.policy.rate(c.id).map(|r| (c.id, r)))
                 .collect(),
-            flows: maps.flows()?.len(),
+            flows: maps.flows()?.len() + maps.flows6()?.len(),
             flow_capacity: maps.flow_capacity(),
         })
     }

@@ -18,7 +18,7 @@ use super::{
     kernel::{self, Attachment, KernelMaps},
     netlink,
     object::BpfError,
-    store::MapStore as _,
+    store::{self, MapStore as _},
     writes,
 };
 
@@ -80,13 +80,14 @@ pub struct AttachmentView {
     pub live: bool,
 }
 
-/// Connection-table occupancy.
+/// Connection-table occupancy, both families' tables together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounts {
     /// Entries of fast-path flows (two per flow).
     pub fast: usize,
     /// Entries marking flows nftables started (one per flow).
     pub nftables_owned: usize,
+    /// Capacity of each family's table (`HP_FLOWS` and `HP_FLOWS6` have the same).
     pub capacity: u32,
 }
 
@@ -136,7 +137,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
     }
     let maps = KernelMaps::open_pinned(pin)?;
     let mut entries: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
-    for (_, v) in maps.services()? {
+    for (_, v) in store::entries(&maps)? {
         let e = entries.entry(v.id).or_default();
         if v.flags & service_flags::COUNT_ONLY == 0 {
             e.0 += 1;
@@ -167,8 +168,8 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
         .zip(maps.stats()?)
         .map(|(i, c)| (*i, c.packets))
         .collect();
-    for (_, v) in maps.flows()? {
-        if v.owner == owner::FAST {
+    for f in store::flow_entries(&maps)? {
+        if f.owner == owner::FAST {
             view.flows.fast += 1;
         } else {
             view.flows.nftables_owned += 1;

@@ -19,9 +19,10 @@ use aya::{
     },
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counter, FlowKey, FlowValue, LAYOUT_VERSION,
-    MaglevKey, MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceValue, StatIndex,
-    map_names, program_names,
+    AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey,
+    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, LAYOUT_VERSION, MaglevKey, MaglevValue,
+    Meta, PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, map_names,
+    program_names,
 };
 
 use super::{
@@ -43,6 +44,10 @@ pub struct KernelMaps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     service_stats: PerCpuArray<MapData, ServiceCounter>,
     ports: HashMap<MapData, u64, PortInfo>,
+    services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    backends6: HashMap<MapData, BackendKey, Backend6>,
+    flows6: HashMap<MapData, FlowKey6, FlowValue6>,
+    affinity6: HashMap<MapData, AffinityKey6, AffinityValue6>,
     nr_cpus: usize,
     flow_capacity: u32,
 }
@@ -114,6 +119,10 @@ impl KernelMaps {
             affinity: typed(ebpf, map_names::AFFINITY)?,
             service_stats: typed(ebpf, map_names::SERVICE_STATS)?,
             ports: typed(ebpf, map_names::PORTS)?,
+            services6: typed(ebpf, map_names::SERVICES6)?,
+            backends6: typed(ebpf, map_names::BACKENDS6)?,
+            flows6: typed(ebpf, map_names::FLOWS6)?,
+            affinity6: typed(ebpf, map_names::AFFINITY6)?,
             nr_cpus: nr_cpus()?,
             flow_capacity,
         })
@@ -136,6 +145,10 @@ impl KernelMaps {
             affinity: from_pin(pin, map_names::AFFINITY, Map::LruHashMap)?,
             service_stats: from_pin(pin, map_names::SERVICE_STATS, Map::PerCpuArray)?,
             ports: from_pin(pin, map_names::PORTS, Map::HashMap)?,
+            services6: from_pin(pin, map_names::SERVICES6, Map::HashMap)?,
+            backends6: from_pin(pin, map_names::BACKENDS6, Map::HashMap)?,
+            flows6: from_pin(pin, map_names::FLOWS6, Map::HashMap)?,
+            affinity6: from_pin(pin, map_names::AFFINITY6, Map::LruHashMap)?,
             nr_cpus: nr_cpus()?,
             flow_capacity,
         })
@@ -280,6 +293,68 @@ impl MapStore for KernelMaps {
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError> {
         op!("meta", "write", self.meta.set(0, meta, 0))
     }
+    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError> {
+        op!("services6", "put", self.services6.insert(key, value, 0))
+    }
+    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError> {
+        match self.services6.remove(&key) {
+            Err(e) if !is_not_found(&e) => Err(StoreError::new("services6", "delete", e)),
+            _ => Ok(()),
+        }
+    }
+    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError> {
+        op!(
+            "services6",
+            "dump",
+            self.services6.iter().collect::<Result<Vec<_>, _>>()
+        )
+    }
+    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError> {
+        op!("backends6", "put", self.backends6.insert(key, value, 0))
+    }
+    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError> {
+        match self.backends6.remove(&key) {
+            Err(e) if !is_not_found(&e) => Err(StoreError::new("backends6", "delete", e)),
+            _ => Ok(()),
+        }
+    }
+    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError> {
+        op!(
+            "backends6",
+            "dump",
+            self.backends6.iter().collect::<Result<Vec<_>, _>>()
+        )
+    }
+    fn put_flow6(
+        &mut self,
+        key: FlowKey6,
+        value: FlowValue6,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        match self.flows6.insert(key, value, u64::from(only_new)) {
+            Ok(()) => Ok(true),
+            Err(e) if only_new && is_exists(&e) => Ok(false),
+            Err(e) => Err(StoreError::new("flows6", "put", e)),
+        }
+    }
+    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError> {
+        match self.flows6.remove(&key) {
+            Err(e) if !is_not_found(&e) => Err(StoreError::new("flows6", "delete", e)),
+            _ => Ok(()),
+        }
+    }
+    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError> {
+        Ok(self.flows6.iter().filter_map(Result::ok).collect())
+    }
+    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError> {
+        Ok(self.affinity6.iter().filter_map(Result::ok).collect())
+    }
+    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError> {
+        match self.affinity6.remove(&key) {
+            Err(e) if !is_not_found(&e) => Err(StoreError::new("affinity6", "delete", e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// FNV-1a of the object: tells whether the attached programs are this build's.
@@ -317,6 +392,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(map_names::FLOWS, flow_entries);
+        loader.map_max_entries(map_names::FLOWS6, flow_entries);
         let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
         for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;

@@ -18,13 +18,14 @@
 //!
 //! # Measuring every service
 //!
-//! While the mode is not `off`, every IPv4 TCP/UDP service address has an entry in the
-//! service map: accelerated, or a *counting* entry with which the programs count the packet in
-//! the service port's per-CPU slot and pass it on to nftables unchanged. Packets from clients
-//! are counted whichever path serves them (replies are not), so a rate means the same on both
-//! paths; `auto` mode promotes and demotes on it. The cost is a hash lookup that packets to
-//! service addresses without a flow entry paid anyway, and an increment. Each counted port
-//! also has a record in `HP_PORTS` (its name and the decision for each path), so that
+//! While the mode is not `off`, every TCP/UDP service address has an entry in its family's
+//! service map (`HP_SERVICES`, `HP_SERVICES6`): accelerated, or a *counting* entry with
+//! which the programs count the packet in the service port's per-CPU slot and pass it on to
+//! nftables unchanged. Packets from clients are counted whichever path serves them (replies
+//! are not), so a rate means the same on both paths; `auto` mode promotes and demotes on it.
+//! The cost is a hash lookup that packets to service addresses without a flow entry paid
+//! anyway, and an increment. Each counted port also has a record in `HP_PORTS` (its name
+//! and the decision for each path; for a dual-stack port, its first family's), so that
 //! `proxy-agent status` can explain the pinned maps without the agent.
 //!
 //! # Datapath (see `proxy-ebpf`)
@@ -35,6 +36,13 @@
 //! the edges (DNAT at XDP / TC ingress, reverse translation at TC egress), so kernel
 //! conntrack only ever sees the backend's tuple.
 //!
+//! **Both families.** IPv4 and IPv6 each have a service, backend, connection and affinity
+//! map; the Maglev tables, counters and port records are shared. A dual-stack port has one
+//! id and one counter slot, and two backend sets (the IPv6 one's `set` value carries
+//! `proxy_common::set::IPV6`, so the two tables never collide). In the agent, both families'
+//! entries travel as one [`writes::EntryKey`] / [`writes::Endpoint`], so a sync orders and
+//! applies them together, with the same guarantees.
+//!
 //! **Connection table: a preallocated hash map with agent-side garbage collection, not an
 //! LRU.** An LRU evicts the least recently used entry when full, which is an idle but
 //! established flow; its next packet would reach nftables as a mid-stream packet to the
@@ -43,6 +51,8 @@
 //! and established flows are never touched. The price is that the agent must remove ended
 //! flows ([`FastPath::collect_garbage`], idle timeouts by TCP state, [`FlowTimeouts`]). The
 //! affinity table is an LRU: losing an entry only lets a client's next flow choose afresh.
+//! The IPv6 connection table is not preallocated (same capacity, same no-eviction rule), so
+//! that an IPv4-only node does not pay for a second table.
 //!
 //! **Backend changes** are written under a new revision of the backend set (backends, then
 //! its Maglev table), then each service entry is switched to it with one map update; the
@@ -60,9 +70,10 @@
 //!
 //! # Limits (each passes the traffic to nftables unless said otherwise)
 //!
-//! - IPv4 only: IPv6 service ports report "IPv6 not supported".
-//! - ICMP errors about fast-path flows are not translated (they pass unchanged and the client
-//!   ignores them), fragments and IPv4 options are not handled.
+//! - ICMP errors (of either family) about fast-path flows are not translated (they pass
+//!   unchanged and the client ignores them); fragments, IPv4 options and IPv6 extension
+//!   headers (any next header but TCP or UDP directly after the fixed header) are not
+//!   handled.
 //! - Hairpin (a pod reaching itself) and a reply tuple already used by another flow (the same
 //!   client port to two services sharing a backend) pass, counted.
 //! - `externalTrafficPolicy: Cluster` is never accelerated at XDP, even with every endpoint

@@ -252,6 +252,16 @@ pub struct ConntrackTuple {
     pub proto: u8,
 }
 
+/// The original-direction tuple of a kernel IPv6 conntrack entry (in the maps' wire form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConntrackTuple6 {
+    pub src: proxy_common::Ipv6Words,
+    pub dst: proxy_common::Ipv6Words,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
 /// Interfaces of the calling thread's network namespace: `(name, index)`, by name. (Read
 /// over netlink: `/sys/class/net` shows the namespace `/sys` was mounted in instead.)
 pub fn interfaces() -> io::Result<Vec<(String, u32)>> {

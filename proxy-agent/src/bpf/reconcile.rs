@@ -10,17 +10,17 @@ use std::{
 };
 
 use proxy_common::{
-    Counter, FlowKey, FlowValue, ServiceCounter, StatIndex, dir, owner, service_flags, tcp,
+    Counter, FlowKey, FlowKey6, ServiceCounter, StatIndex, dir, owner, service_flags, tcp,
 };
 
 use super::{
     config::{AccelerationMode, FlowTimeouts},
     eligibility::{self, AutoChoice, PortEligibility},
-    netlink::ConntrackTuple,
+    netlink::{ConntrackTuple, ConntrackTuple6},
     object::BpfError,
     policy::Candidate,
     store::{self, MapStore},
-    writes::{self, MapWrite, MapWrites, ServiceMaps},
+    writes::{self, FlowEntryKey, MapWrite, MapWrites, ServiceMaps},
 };
 use crate::plan::{ProxyPlan, ServicePortId};
 
@@ -28,6 +28,8 @@ use crate::plan::{ProxyPlan, ServicePortId};
 pub trait ConntrackSource {
     /// The original tuples of the kernel's IPv4 conntrack entries.
     fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>>;
+    /// The original tuples of the kernel's IPv6 conntrack entries.
+    fn tuples6(&mut self) -> io::Result<Vec<ConntrackTuple6>>;
 }
 
 /// The kernel's conntrack table, over ctnetlink (the agent's `conntrack` module).
@@ -58,21 +60,54 @@ impl ConntrackSource for KernelConntrack {
         }
         Ok(out)
     }
+
+    fn tuples6(&mut self) -> io::Result<Vec<ConntrackTuple6>> {
+        use crate::conntrack::Conntrack as _;
+        let mut ct = crate::conntrack::NetlinkConntrack::new();
+        let mut out = Vec::new();
+        for protocol in [6u8, 17] {
+            let flows = ct
+                .flows(crate::model::IpFamily::V6, protocol)
+                .map_err(io::Error::other)?;
+            for f in flows {
+                let (IpAddr::V6(src), IpAddr::V6(dst)) = (f.original.src, f.original.dst) else {
+                    continue;
+                };
+                out.push(ConntrackTuple6 {
+                    src: writes::v6_words(src),
+                    dst: writes::v6_words(dst),
+                    sport: f.original.src_port.to_be(),
+                    dport: f.original.dst_port.to_be(),
+                    proto: protocol,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A fake conntrack table; each call returns the next snapshot (the last one repeats).
 #[derive(Debug, Default)]
 pub struct FakeConntrack {
     pub snapshots: Vec<Vec<ConntrackTuple>>,
+    /// The IPv6 table's snapshots, read as `snapshots`.
+    pub snapshots6: Vec<Vec<ConntrackTuple6>>,
+}
+
+fn next_snapshot<T: Clone>(snapshots: &mut Vec<Vec<T>>) -> Vec<T> {
+    if snapshots.len() > 1 {
+        snapshots.remove(0)
+    } else {
+        snapshots.first().cloned().unwrap_or_default()
+    }
 }
 
 impl ConntrackSource for FakeConntrack {
     fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>> {
-        if self.snapshots.len() > 1 {
-            Ok(self.snapshots.remove(0))
-        } else {
-            Ok(self.snapshots.first().cloned().unwrap_or_default())
-        }
+        Ok(next_snapshot(&mut self.snapshots))
+    }
+    fn tuples6(&mut self) -> io::Result<Vec<ConntrackTuple6>> {
+        Ok(next_snapshot(&mut self.snapshots6))
     }
 }
 
@@ -138,19 +173,62 @@ pub struct Syncer {
     last_ports: Vec<PortEligibility>,
 }
 
-fn tuple_matches(t: &ConntrackTuple, keys: &BTreeSet<(u32, u16, u8)>) -> bool {
-    keys.contains(&(t.dst, t.dport, t.proto))
+/// A service address as the conntrack matching compares it: address, port (host order),
+/// protocol.
+type ServiceAddr = (IpAddr, u16, u8);
+
+/// The forward connection-table keys of the kernel's conntrack entries, of the families
+/// that have newly promoted addresses (a family without any is not read: a failure to read
+/// its table must not hold back the other's marking).
+fn conntrack_keys(
+    conntrack: &mut dyn ConntrackSource,
+    promoted: &BTreeMap<ServiceAddr, u32>,
+) -> io::Result<Vec<FlowEntryKey>> {
+    let v6 = promoted.keys().any(|(ip, _, _)| ip.is_ipv6());
+    let v4 = promoted.keys().any(|(ip, _, _)| ip.is_ipv4());
+    let v4_tuples = if v4 { conntrack.tuples()? } else { Vec::new() };
+    let v6_tuples = if v6 { conntrack.tuples6()? } else { Vec::new() };
+    let mut out: Vec<FlowEntryKey> = v4_tuples
+        .iter()
+        .map(|t| {
+            FlowEntryKey::V4(FlowKey {
+                src: t.src,
+                dst: t.dst,
+                sport: t.sport,
+                dport: t.dport,
+                proto: t.proto,
+                dir: dir::FORWARD,
+                _pad: 0,
+            })
+        })
+        .collect();
+    out.extend(v6_tuples.iter().map(|t| {
+        FlowEntryKey::V6(FlowKey6 {
+            src: t.src,
+            dst: t.dst,
+            sport: t.sport,
+            dport: t.dport,
+            proto: t.proto,
+            dir: dir::FORWARD,
+            _pad: 0,
+        })
+    }));
+    Ok(out)
 }
 
-fn forward_key(t: &ConntrackTuple) -> FlowKey {
-    FlowKey {
-        src: t.src,
-        dst: t.dst,
-        sport: t.sport,
-        dport: t.dport,
-        proto: t.proto,
-        dir: dir::FORWARD,
-        _pad: 0,
+/// The service address a forward key is sent to.
+fn destination(k: &FlowEntryKey) -> ServiceAddr {
+    match k {
+        FlowEntryKey::V4(k) => (
+            std::net::Ipv4Addr::from(k.dst.to_ne_bytes()).into(),
+            u16::from_be(k.dport),
+            k.proto,
+        ),
+        FlowEntryKey::V6(k) => (
+            writes::v6_addr(&k.dst).into(),
+            u16::from_be(k.dport),
+            k.proto,
+        ),
     }
 }
 
@@ -234,37 +312,31 @@ impl Syncer {
 
         // Addresses newly accelerated: absent before, or only counted.
         let accelerated = |v: &proxy_common::ServiceValue| v.flags & service_flags::COUNT_ONLY == 0;
-        let newly: BTreeMap<(u32, u16, u8), u32> = desired
+        let newly: BTreeMap<ServiceAddr, u32> = desired
             .services
             .iter()
             .filter(|(k, d)| !d.count_only && !self.mirror.services.get(k).is_some_and(accelerated))
             .map(|(k, d)| {
                 (
-                    (k.addr, k.port, k.proto),
+                    k.address(),
                     next.counters.get(&d.set.id).copied().unwrap_or(0),
                 )
             })
             .collect();
-        let promoted: BTreeSet<(u32, u16, u8)> = newly.keys().copied().collect();
-        let slot_of =
-            |t: &ConntrackTuple| newly.get(&(t.dst, t.dport, t.proto)).copied().unwrap_or(0);
+        let promoted = !newly.is_empty();
+        let matches = |k: &FlowEntryKey| newly.contains_key(&destination(k));
+        let slot_of = |k: &FlowEntryKey| newly.get(&destination(k)).copied().unwrap_or(0);
         let mut conntrack_error = None;
-        let mut first_seen = BTreeSet::new();
-        if !promoted.is_empty() {
-            match conntrack.tuples() {
-                Ok(tuples) => {
-                    first_seen = tuples
-                        .into_iter()
-                        .filter(|t| tuple_matches(t, &promoted))
-                        .collect();
+        let mut first_seen: BTreeSet<FlowEntryKey> = BTreeSet::new();
+        if promoted {
+            match conntrack_keys(conntrack, &newly) {
+                Ok(keys) => {
+                    first_seen = keys.into_iter().filter(|k| matches(k)).collect();
                     if !first_seen.is_empty() {
                         map_writes.writes.insert(
                             0,
                             MapWrite::MarkNftablesOwned {
-                                flows: first_seen
-                                    .iter()
-                                    .map(|t| (forward_key(t), slot_of(t)))
-                                    .collect(),
+                                flows: first_seen.iter().map(|k| (*k, slot_of(k))).collect(),
                             },
                         );
                     }
@@ -283,16 +355,16 @@ impl Syncer {
         self.mirror = next;
 
         let mut late = 0;
-        if !promoted.is_empty() && conntrack_error.is_none() {
-            match conntrack.tuples() {
-                Ok(tuples) => {
+        if promoted && conntrack_error.is_none() {
+            match conntrack_keys(conntrack, &newly) {
+                Ok(keys) => {
                     let now = store::monotonic_ns();
-                    for t in tuples
+                    for k in keys
                         .iter()
-                        .filter(|t| tuple_matches(t, &promoted) && !first_seen.contains(*t))
+                        .filter(|k| matches(k) && !first_seen.contains(*k))
                     {
-                        let value = store::nftables_owned(now, slot_of(t));
-                        if store.put_flow(forward_key(t), value, true)? {
+                        let value = store::nftables_owned(now, slot_of(k));
+                        if store::put_flow_entry(store, *k, value, true)? {
                             late += 1;
                         }
                     }
@@ -324,7 +396,14 @@ impl Syncer {
 pub fn candidates(plan: &ProxyPlan) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for p in eligibility::decide(plan, AccelerationMode::All) {
-        if !p.any_accelerated() || out.iter().any(|c| c.id == p.id) {
+        if !p.any_accelerated() {
+            continue;
+        }
+        // A dual-stack port is one candidate (promoted in both families at once) whose sets
+        // are its families' together: each takes a Maglev table of its own.
+        if let Some(c) = out.iter_mut().find(|c| c.id == p.id) {
+            c.sets += p.sets();
+            c.backend_entries += p.backend_entries();
             continue;
         }
         out.push(Candidate {
@@ -351,35 +430,27 @@ pub struct GcReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum FlowId {
     Fast {
-        client: u32,
-        cport: u16,
-        backend: u32,
-        bport: u16,
+        client: (IpAddr, u16),
+        backend: (IpAddr, u16),
         proto: u8,
     },
-    Alone(FlowKey),
+    Alone(FlowEntryKey),
 }
 
-fn flow_id(key: &FlowKey, value: &FlowValue) -> FlowId {
-    if value.owner != owner::FAST {
-        return FlowId::Alone(*key);
+fn flow_id(flow: &store::FlowEntry) -> FlowId {
+    if flow.owner != owner::FAST {
+        return FlowId::Alone(flow.key);
     }
-    if key.dir == dir::FORWARD {
-        FlowId::Fast {
-            client: key.src,
-            cport: key.sport,
-            backend: value.nat.addr,
-            bport: value.nat.port,
-            proto: key.proto,
-        }
+    let (src, dst) = flow.ends();
+    let (client, backend) = if flow.dir() == dir::FORWARD {
+        (src, flow.nat)
     } else {
-        FlowId::Fast {
-            client: key.dst,
-            cport: key.dport,
-            backend: key.src,
-            bport: key.sport,
-            proto: key.proto,
-        }
+        (dst, src)
+    };
+    FlowId::Fast {
+        client: writes::backend_addr(&client),
+        backend: writes::backend_addr(&backend),
+        proto: flow.proto(),
     }
 }
 
@@ -401,15 +472,15 @@ pub fn collect_garbage(
     timeouts: &FlowTimeouts,
     now_ns: u64,
 ) -> Result<GcReport, BpfError> {
-    let flows = store.flows()?;
-    let mut groups: BTreeMap<FlowId, (u64, u8, u8, Vec<FlowKey>)> = BTreeMap::new();
-    for (k, v) in &flows {
+    let flows = store::flow_entries(store)?;
+    let mut groups: BTreeMap<FlowId, (u64, u8, u8, Vec<FlowEntryKey>)> = BTreeMap::new();
+    for f in &flows {
         let g = groups
-            .entry(flow_id(k, v))
-            .or_insert((0, 0, k.proto, Vec::new()));
-        g.0 = g.0.max(v.last_seen_ns);
-        g.1 |= v.tcp_flags;
-        g.3.push(*k);
+            .entry(flow_id(f))
+            .or_insert((0, 0, f.proto(), Vec::new()));
+        g.0 = g.0.max(f.last_seen_ns);
+        g.1 |= f.tcp_flags;
+        g.3.push(f.key);
     }
     let mut removed = 0;
     let mut expired = BTreeSet::new();
@@ -417,7 +488,7 @@ pub fn collect_garbage(
         let idle = Duration::from_nanos(now_ns.saturating_sub(last));
         if idle > timeout(proto, flags, timeouts) {
             for k in keys {
-                store.delete_flow(k)?;
+                store::delete_flow_entry(store, k)?;
                 expired.insert(k);
                 removed += 1;
             }
@@ -428,8 +499,8 @@ pub fn collect_garbage(
         removed,
         counters_in_use: flows
             .iter()
-            .filter(|(k, _)| !expired.contains(k))
-            .map(|(_, v)| v.counter)
+            .filter(|f| !expired.contains(&f.key))
+            .map(|f| f.counter)
             .filter(|slot| *slot != 0)
             .collect(),
     })

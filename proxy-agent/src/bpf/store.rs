@@ -4,13 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, Counter, FlowKey, FlowValue, MAGLEV_SIZE,
-    MaglevKey, MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceValue, StatIndex,
-    dir, owner, service_flags,
+    AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey,
+    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, MAGLEV_SIZE, MaglevKey, MaglevValue, Meta,
+    PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, dir, owner,
+    service_flags,
 };
 use thiserror::Error;
 
-use super::writes::{MapWrite, MapWrites, Revision, ServiceMaps, SetId, SetRevisions};
+use super::writes::{
+    Endpoint, EntryKey, FlowEntryKey, MapWrite, MapWrites, Revision, ServiceMaps, SetId,
+    SetRevisions,
+};
 
 /// A failed map operation.
 #[derive(Debug, Error)]
@@ -65,6 +69,170 @@ pub trait MapStore {
     fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError>;
     fn meta(&self) -> Result<Meta, StoreError>;
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError>;
+
+    // The IPv6 maps, as their IPv4 counterparts above.
+    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError>;
+    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError>;
+    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError>;
+    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError>;
+    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError>;
+    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError>;
+    fn put_flow6(
+        &mut self,
+        key: FlowKey6,
+        value: FlowValue6,
+        only_new: bool,
+    ) -> Result<bool, StoreError>;
+    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError>;
+    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError>;
+    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError>;
+    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError>;
+}
+
+/// Writes a service entry to its family's map.
+pub fn put_entry(
+    store: &mut dyn MapStore,
+    key: EntryKey,
+    value: ServiceValue,
+) -> Result<(), StoreError> {
+    match key {
+        EntryKey::V4(k) => store.put_service(k, value),
+        EntryKey::V6(k) => store.put_service6(k, value),
+    }
+}
+
+/// Both families' service entries.
+pub fn entries(store: &dyn MapStore) -> Result<Vec<(EntryKey, ServiceValue)>, StoreError> {
+    let mut out: Vec<(EntryKey, ServiceValue)> = store
+        .services()?
+        .into_iter()
+        .map(|(k, v)| (EntryKey::V4(k), v))
+        .collect();
+    out.extend(
+        store
+            .services6()?
+            .into_iter()
+            .map(|(k, v)| (EntryKey::V6(k), v)),
+    );
+    Ok(out)
+}
+
+/// Inserts a flow entry into its family's connection table (see [`MapStore::put_flow`]).
+pub fn put_flow_entry(
+    store: &mut dyn MapStore,
+    key: FlowEntryKey,
+    value: FlowValue,
+    only_new: bool,
+) -> Result<bool, StoreError> {
+    match key {
+        FlowEntryKey::V4(k) => store.put_flow(k, value, only_new),
+        FlowEntryKey::V6(k) => store.put_flow6(k, flow_value6(&value), only_new),
+    }
+}
+
+/// An IPv6 flow value with the fields of an IPv4 one that carries no translation (an
+/// nftables-owned entry).
+fn flow_value6(v: &FlowValue) -> FlowValue6 {
+    FlowValue6 {
+        id: v.id,
+        last_seen_ns: v.last_seen_ns,
+        owner: v.owner,
+        tcp_flags: v.tcp_flags,
+        counter: v.counter,
+        ..FlowValue6::default()
+    }
+}
+
+/// Every flow entry of both families: key, owner, last packet, TCP flags, counter slot, and
+/// the translation.
+pub fn flow_entries(store: &dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> {
+    let mut out: Vec<FlowEntry> = store
+        .flows()?
+        .into_iter()
+        .map(|(k, v)| FlowEntry {
+            key: FlowEntryKey::V4(k),
+            id: v.id,
+            owner: v.owner,
+            last_seen_ns: v.last_seen_ns,
+            tcp_flags: v.tcp_flags,
+            counter: v.counter,
+            nat: Endpoint::V4(v.nat),
+        })
+        .collect();
+    out.extend(store.flows6()?.into_iter().map(|(k, v)| FlowEntry {
+        key: FlowEntryKey::V6(k),
+        id: v.id,
+        owner: v.owner,
+        last_seen_ns: v.last_seen_ns,
+        tcp_flags: v.tcp_flags,
+        counter: v.counter,
+        nat: Endpoint::V6(v.nat),
+    }));
+    Ok(out)
+}
+
+/// A connection-table entry of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowEntryKey,
+    pub id: u64,
+    pub owner: u8,
+    pub last_seen_ns: u64,
+    pub tcp_flags: u8,
+    pub counter: u32,
+    pub nat: Endpoint,
+}
+
+impl FlowEntry {
+    pub fn proto(&self) -> u8 {
+        match self.key {
+            FlowEntryKey::V4(k) => k.proto,
+            FlowEntryKey::V6(k) => k.proto,
+        }
+    }
+    pub fn dir(&self) -> u8 {
+        match self.key {
+            FlowEntryKey::V4(k) => k.dir,
+            FlowEntryKey::V6(k) => k.dir,
+        }
+    }
+    /// Source and destination of the entry's tuple.
+    pub fn ends(&self) -> (Endpoint, Endpoint) {
+        match self.key {
+            FlowEntryKey::V4(k) => (
+                Endpoint::V4(Backend {
+                    addr: k.src,
+                    port: k.sport,
+                    _pad: 0,
+                }),
+                Endpoint::V4(Backend {
+                    addr: k.dst,
+                    port: k.dport,
+                    _pad: 0,
+                }),
+            ),
+            FlowEntryKey::V6(k) => (
+                Endpoint::V6(Backend6 {
+                    addr: k.src,
+                    port: k.sport,
+                    _pad: 0,
+                }),
+                Endpoint::V6(Backend6 {
+                    addr: k.dst,
+                    port: k.dport,
+                    _pad: 0,
+                }),
+            ),
+        }
+    }
+}
+
+/// Deletes a flow entry from its family's connection table.
+pub fn delete_flow_entry(store: &mut dyn MapStore, key: FlowEntryKey) -> Result<(), StoreError> {
+    match key {
+        FlowEntryKey::V4(k) => store.delete_flow(k),
+        FlowEntryKey::V6(k) => store.delete_flow6(k),
+    }
 }
 
 fn backend_key(set: SetId, revision: u32, index: u16) -> BackendKey {
@@ -111,14 +279,21 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
             } => {
                 for (i, b) in backends.iter().enumerate() {
                     let index = u16::try_from(i).expect("at most MAX_BACKENDS");
-                    store.put_backend(backend_key(*set, *revision, index), *b)?;
+                    let key = backend_key(*set, *revision, index);
+                    match b {
+                        Endpoint::V4(b) => store.put_backend(key, *b)?,
+                        Endpoint::V6(b) => store.put_backend6(key, *b)?,
+                    }
                 }
                 let mut value = Box::new(MaglevValue::default());
                 value.slots.copy_from_slice(&table[..MAGLEV_SIZE]);
                 store.put_maglev(maglev_key(*set, *revision), &value)?;
             }
-            MapWrite::PutService { key, value } => store.put_service(*key, *value)?,
-            MapWrite::DeleteService { key } => store.delete_service(*key)?,
+            MapWrite::PutService { key, value } => put_entry(store, *key, *value)?,
+            MapWrite::DeleteService { key } => match key {
+                EntryKey::V4(k) => store.delete_service(*k)?,
+                EntryKey::V6(k) => store.delete_service6(*k)?,
+            },
             MapWrite::DeleteSet {
                 set,
                 revision,
@@ -126,7 +301,12 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
             } => {
                 store.delete_maglev(maglev_key(*set, *revision))?;
                 for index in 0..*backends {
-                    store.delete_backend(backend_key(*set, *revision, index))?;
+                    let key = backend_key(*set, *revision, index);
+                    if set.is_v6() {
+                        store.delete_backend6(key)?;
+                    } else {
+                        store.delete_backend(key)?;
+                    }
                 }
             }
             MapWrite::PutCounter { slot, .. } => store.put_counter(*slot)?,
@@ -139,7 +319,7 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
             MapWrite::MarkNftablesOwned { flows } => {
                 let now = monotonic_ns();
                 for (key, counter) in flows {
-                    if store.put_flow(*key, nftables_owned(now, *counter), true)? {
+                    if put_flow_entry(store, *key, nftables_owned(now, *counter), true)? {
                         marked += 1;
                     }
                 }
@@ -169,26 +349,45 @@ pub fn nftables_owned(now_ns: u64, counter: u32) -> FlowValue {
 fn purge(
     store: &mut dyn MapStore,
     set: SetId,
-    backends: &[Backend],
+    backends: &[Endpoint],
     flows: bool,
 ) -> Result<(), StoreError> {
-    for (key, value) in store.affinity()? {
-        if key.id == set.id && key.set == set.set && backends.contains(&value.backend) {
-            store.delete_affinity(key)?;
+    if set.is_v6() {
+        for (key, value) in store.affinity6()? {
+            if key.id == set.id
+                && key.set == set.set
+                && backends.contains(&Endpoint::V6(value.backend))
+            {
+                store.delete_affinity6(key)?;
+            }
+        }
+    } else {
+        for (key, value) in store.affinity()? {
+            if key.id == set.id
+                && key.set == set.set
+                && backends.contains(&Endpoint::V4(value.backend))
+            {
+                store.delete_affinity(key)?;
+            }
         }
     }
     if flows {
-        let gone = |addr: u32, port: u16| backends.iter().any(|b| b.addr == addr && b.port == port);
-        for (key, value) in store.flows()? {
-            let stale = value.id == set.id
-                && value.owner == owner::FAST
-                && if key.dir == dir::FORWARD {
-                    gone(value.nat.addr, value.nat.port)
-                } else {
-                    gone(key.src, key.sport)
-                };
-            if stale {
-                store.delete_flow(key)?;
+        // A flow's backend is its forward entry's translation, or its reply entry's source.
+        let gone = |b: &Endpoint| backends.contains(b);
+        for flow in flow_entries(store)? {
+            if flow.id != set.id
+                || flow.owner != owner::FAST
+                || matches!(flow.key, FlowEntryKey::V6(_)) != set.is_v6()
+            {
+                continue;
+            }
+            let backend = if flow.dir() == dir::FORWARD {
+                flow.nat
+            } else {
+                flow.ends().0
+            };
+            if gone(&backend) {
+                delete_flow_entry(store, flow.key)?;
             }
         }
     }
@@ -198,9 +397,19 @@ fn purge(
 /// Reads the service maps back into a mirror: service entries, and each set's revisions (the
 /// one service entries point at is current; another is the previous one).
 pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError> {
-    let services: BTreeMap<ServiceKey, ServiceValue> = store.services()?.into_iter().collect();
-    let mut revisions: BTreeMap<(SetId, u32), BTreeMap<u16, Backend>> = BTreeMap::new();
-    for (k, v) in store.backends()? {
+    let services: BTreeMap<EntryKey, ServiceValue> = entries(store)?.into_iter().collect();
+    let mut revisions: BTreeMap<(SetId, u32), BTreeMap<u16, Endpoint>> = BTreeMap::new();
+    let backends = store
+        .backends()?
+        .into_iter()
+        .map(|(k, v)| (k, Endpoint::V4(v)))
+        .chain(
+            store
+                .backends6()?
+                .into_iter()
+                .map(|(k, v)| (k, Endpoint::V6(v))),
+        );
+    for (k, v) in backends {
         revisions
             .entry((
                 SetId {
@@ -276,10 +485,9 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
         sets,
         stale,
         counters,
-        retired: store
-            .flows()?
+        retired: flow_entries(store)?
             .iter()
-            .map(|(_, v)| v.counter)
+            .map(|f| f.counter)
             .filter(|slot| *slot != 0 && !in_use.contains(slot))
             .collect(),
         ports: store.ports()?.into_iter().collect(),
@@ -299,6 +507,10 @@ pub struct FakeMaps {
     pub stats: Vec<Counter>,
     pub flows: BTreeMap<FlowKey, FlowValue>,
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
+    pub services6: BTreeMap<ServiceKey6, ServiceValue>,
+    pub backends6: BTreeMap<BackendKey, Backend6>,
+    pub flows6: BTreeMap<FlowKey6, FlowValue6>,
+    pub affinity6: BTreeMap<AffinityKey6, AffinityValue6>,
     pub meta: Meta,
     /// `max_entries` of the flow table.
     pub flow_capacity: usize,
@@ -351,6 +563,12 @@ impl FakeMaps {
         }
         for (k, v) in &self.backends {
             let _ = writeln!(out, "backend {k:?} -> {v:?}");
+        }
+        for (k, v) in &self.services6 {
+            let _ = writeln!(out, "service6 {k:?} -> {v:?}");
+        }
+        for (k, v) in &self.backends6 {
+            let _ = writeln!(out, "backend6 {k:?} -> {v:?}");
         }
         for k in self.maglev.keys() {
             let _ = writeln!(out, "maglev {k:?}");
@@ -481,6 +699,68 @@ impl MapStore for FakeMaps {
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError> {
         self.step("meta", "put")?;
         self.meta = meta;
+        Ok(())
+    }
+    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError> {
+        self.step("services6", "put")?;
+        self.services6.insert(key, value);
+        Ok(())
+    }
+    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError> {
+        self.step("services6", "delete")?;
+        self.services6.remove(&key);
+        Ok(())
+    }
+    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError> {
+        Ok(self.services6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError> {
+        self.step("backends6", "put")?;
+        self.backends6.insert(key, value);
+        Ok(())
+    }
+    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError> {
+        self.step("backends6", "delete")?;
+        self.backends6.remove(&key);
+        Ok(())
+    }
+    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError> {
+        Ok(self.backends6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_flow6(
+        &mut self,
+        key: FlowKey6,
+        value: FlowValue6,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        self.step("flows6", "put")?;
+        if only_new && self.flows6.contains_key(&key) {
+            return Ok(false);
+        }
+        if !self.flows6.contains_key(&key) && self.flows6.len() >= self.flow_capacity {
+            return Err(StoreError {
+                map: "flows6",
+                operation: "put (full)",
+                source: None,
+            });
+        }
+        self.flows6.insert(key, value);
+        Ok(true)
+    }
+    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError> {
+        self.step("flows6", "delete")?;
+        self.flows6.remove(&key);
+        Ok(())
+    }
+    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError> {
+        Ok(self.flows6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError> {
+        Ok(self.affinity6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError> {
+        self.step("affinity6", "delete")?;
+        self.affinity6.remove(&key);
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! accelerated and why not, what a sync writes, that the writes round-trip through the maps
 //! (adoption), that a failed sync converges, and garbage collection.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1::EndpointSlice};
 use proxy_common::{FlowKey, FlowValue, dir, owner, tcp};
@@ -11,7 +11,7 @@ use super::{
     config::{AccelerationMode, FlowTimeouts},
     reconcile::{self, FakeConntrack, Syncer},
     store::FakeMaps,
-    writes::backend_of,
+    writes::{Endpoint, backend_of},
 };
 use crate::{
     model::{
@@ -250,9 +250,17 @@ fn eligibility_says_why_a_port_stays_on_nftables() {
     let p = plan_with(vec![dual.build()], vec![both(), v6], false);
     let ports = super::eligibility::decide(&p, All);
     assert_eq!(ports.len(), 2);
+    // Each family on its own: the IPv6 port captures the IPv6 ClusterIP and sends it to the
+    // IPv6 endpoint only.
+    let v6_pods = ports[1].pods.as_ref().expect("IPv6 is on the fast path");
     assert_eq!(
-        ports[1].pods.as_ref().unwrap_err().to_string(),
-        "IPv6 not supported"
+        v6_pods.addresses,
+        vec![("fd00:96::10".parse().unwrap(), 80)]
+    );
+    let endpoints: Vec<_> = v6_pods.endpoints.iter().map(|e| e.ip).collect();
+    assert_eq!(
+        endpoints,
+        vec!["fd00:244::5".parse::<std::net::IpAddr>().unwrap()]
     );
 }
 
@@ -289,7 +297,7 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
     );
     assert!(
         lines[4].contains("put port ")
-            && lines[4].contains("default/web http(80)/TCP: slot 1, pods 0, external 11"),
+            && lines[4].contains("default/web http(80)/TCP: slot 1, pods 0, external 10"),
         "the port's record, with why it is not accelerated from outside: {text}"
     );
     assert_eq!(lines[5], "  set generation 1");
@@ -424,6 +432,7 @@ fn promotion_marks_flows_nftables_started_before_the_service_entry() {
     // The second read (after the entry was written) finds one more flow.
     let mut ct = FakeConntrack {
         snapshots: vec![vec![tuple(5000), unrelated], vec![tuple(5000), tuple(5001)]],
+        ..FakeConntrack::default()
     };
     let report = syncer.sync(&mut maps, &mut ct, &p, 1).unwrap();
     assert_eq!((report.nftables_owned_marked, report.late_marked), (1, 1));
@@ -448,9 +457,13 @@ fn garbage_collection_removes_idle_flows_in_pairs() {
     let sec = 1_000_000_000u64;
     let now = 10_000 * sec;
     let client = u32::from_ne_bytes([10, 244, 1, 20]);
-    let vip = backend_of([10, 96, 0, 10].into(), 80);
+    let v4 = |e| match e {
+        Endpoint::V4(b) => b,
+        Endpoint::V6(_) => unreachable!("built from an IPv4 address"),
+    };
+    let vip = v4(backend_of(Ipv4Addr::new(10, 96, 0, 10).into(), 80));
     let mut pair = |cport: u16, proto: u8, flags: u8, idle: u64| {
-        let backend = backend_of([10, 244, 2, 5].into(), 8080);
+        let backend = v4(backend_of(Ipv4Addr::new(10, 244, 2, 5).into(), 8080));
         let fwd = FlowKey {
             src: client,
             dst: vip.addr,
@@ -512,11 +525,7 @@ fn entries(maps: &FakeMaps, key_scope: u8) -> Vec<String> {
         .iter()
         .filter(|(k, _)| k.scope == key_scope)
         .map(|(k, v)| {
-            let (ip, port) = super::writes::backend_addr(&proxy_common::Backend {
-                addr: k.addr,
-                port: k.port,
-                _pad: 0,
-            });
+            let (ip, port, _) = super::writes::EntryKey::V4(*k).address();
             let what = if v.flags & proxy_common::service_flags::COUNT_ONLY == 0 {
                 "on"
             } else {
@@ -639,6 +648,7 @@ fn promoting_a_counted_address_marks_the_flows_nftables_started() {
     };
     let mut ct = FakeConntrack {
         snapshots: vec![vec![tuple]],
+        ..FakeConntrack::default()
     };
     let report = syncer.sync(&mut maps, &mut ct, &p_on, 2).unwrap();
     assert_eq!(report.nftables_owned_marked, 1, "{report}");
@@ -707,5 +717,251 @@ fn auto_mode_accelerates_what_the_policy_promotes_and_annotations_win() {
     assert_eq!(
         entries(&maps, proxy_common::scope::POD)[0],
         "10.96.0.10:80/6 count"
+    );
+}
+
+fn dual_stack() -> ServiceBuilder {
+    ServiceBuilder::cluster_ip("default", "web", "10.96.0.10,fd00:96::10")
+        .port("http", 80)
+        .with_spec(|s| {
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+            s.ip_family_policy = Some("RequireDualStack".into());
+        })
+}
+
+fn slice6(endpoints: &[(&str, &str)]) -> EndpointSlice {
+    let mut b = SliceBuilder::new("default", "web")
+        .name("web-v6")
+        .ipv6()
+        .port("http", 8080);
+    for (ip, node) in endpoints {
+        b = b.endpoint(ip, node);
+    }
+    b.build()
+}
+
+fn vip6() -> proxy_common::ServiceKey6 {
+    proxy_common::ServiceKey6 {
+        addr: super::writes::v6_words("fd00:96::10".parse().unwrap()),
+        port: 80u16.to_be(),
+        proto: 6,
+        scope: proxy_common::scope::POD,
+    }
+}
+
+#[test]
+fn an_ipv6_port_gets_its_own_entries_and_a_set_apart_from_its_ipv4_twin() {
+    use proxy_common::set;
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::All);
+    let v6_one = slice6(&[("fd00:244::5", "node-a")]);
+    let p = plan_with(
+        vec![dual_stack().affinity(Some(30)).build()],
+        vec![both(), v6_one.clone()],
+        false,
+    );
+    let text = sync(&mut maps, &mut syncer, &p, 1).writes.to_string();
+    assert!(
+        text.contains("put service [fd00:96::10]:80/tcp [pods]")
+            && text.contains("/cluster/ipv6 rev 1: [[fd00:244::5]:8080]"),
+        "{text}"
+    );
+    // One entry per family, in its family's map, each pointing at its family's set.
+    assert_eq!(
+        (maps.services.len(), maps.services6.len()),
+        (1, 1),
+        "{text}"
+    );
+    let v6 = maps.services6[&vip6()];
+    let v4 = *maps.services.values().next().unwrap();
+    assert_eq!(v6.id, v4.id, "one service port, two families");
+    assert_eq!(v6.set, set::CLUSTER | set::IPV6);
+    assert_eq!(v4.set, set::CLUSTER);
+    assert_eq!((v6.backend_count, v6.affinity_timeout_s), (1, 30));
+    assert_eq!(v6.counter, v4.counter, "the port's counter slot is shared");
+    // The IPv6 backend is in HP_BACKENDS6 under the IPv6 set; the two Maglev tables differ.
+    assert_eq!((maps.backends.len(), maps.backends6.len()), (2, 1));
+    let (bkey, backend) = maps.backends6.iter().next().unwrap();
+    assert_eq!(bkey.set, set::CLUSTER | set::IPV6);
+    assert_eq!(
+        super::writes::backend_addr(&Endpoint::V6(*backend)),
+        ("fd00:244::5".parse().unwrap(), 8080)
+    );
+    let sets: Vec<u8> = maps.maglev.keys().map(|k| k.set).collect();
+    assert_eq!(sets, vec![set::CLUSTER, set::CLUSTER | set::IPV6]);
+
+    // Read back by a new agent: nothing to write.
+    let mut adopted = Syncer::new(AccelerationMode::All);
+    assert!(sync(&mut maps, &mut adopted, &p, 2).writes.is_noop());
+
+    // An IPv6 backend change flips the IPv6 set only.
+    let v6_two = slice6(&[("fd00:244::5", "node-a"), ("fd00:244::6", "node-b")]);
+    let p2 = plan_with(
+        vec![dual_stack().affinity(Some(30)).build()],
+        vec![both(), v6_two],
+        false,
+    );
+    let writes = sync(&mut maps, &mut adopted, &p2, 3).writes;
+    let sets_written: Vec<String> = writes
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            super::writes::MapWrite::PutSet { set, revision, .. } => {
+                Some(format!("{set} rev {revision}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sets_written.len(), 1, "{writes}");
+    assert!(sets_written[0].ends_with("/cluster/ipv6 rev 2"), "{writes}");
+    assert_eq!(maps.services6[&vip6()].revision, 2);
+    assert_eq!(maps.services6[&vip6()].backend_count, 2);
+    assert_eq!(maps.backends6.len(), 3, "previous revision kept one sync");
+
+    // Removing the IPv6 backend purges the IPv6 affinity entries that pointed at it, and
+    // none of the IPv4 ones.
+    let gone = match backend_of("fd00:244::6".parse().unwrap(), 8080) {
+        Endpoint::V6(b) => b,
+        Endpoint::V4(_) => unreachable!(),
+    };
+    let akey = proxy_common::AffinityKey6 {
+        id: v6.id,
+        client: super::writes::v6_words("fd00:244:1::20".parse().unwrap()),
+        set: set::CLUSTER | set::IPV6,
+        _pad: [0; 7],
+    };
+    maps.affinity6.insert(
+        akey,
+        proxy_common::AffinityValue6 {
+            last_used_ns: 1,
+            backend: gone,
+            _pad: 0,
+        },
+    );
+    let text = sync(&mut maps, &mut adopted, &p, 4).writes.to_string();
+    assert!(text.contains("purge affinity of set"), "{text}");
+    assert!(maps.affinity6.is_empty(), "{text}");
+
+    // Demotion leaves a counting entry in the IPv6 map; mode off removes it all.
+    adopted.mode = AccelerationMode::Annotated;
+    sync(&mut maps, &mut adopted, &p, 5);
+    assert_eq!(
+        maps.services6[&vip6()].flags,
+        proxy_common::service_flags::COUNT_ONLY
+    );
+    assert!(maps.backends6.is_empty() && maps.maglev.is_empty());
+    adopted.mode = AccelerationMode::Off;
+    sync(&mut maps, &mut adopted, &p, 6);
+    assert!(maps.services6.is_empty() && maps.services.is_empty());
+}
+
+#[test]
+fn a_udp_ipv6_flow_nftables_started_is_marked_before_promotion() {
+    let mut maps = FakeMaps::new();
+    let mut syncer = Syncer::new(AccelerationMode::All);
+    let udp = ServiceBuilder::cluster_ip("default", "web", "10.96.0.10,fd00:96::10")
+        .port("http", 80)
+        .protocol("UDP")
+        .with_spec(|s| {
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+            s.ip_family_policy = Some("RequireDualStack".into());
+        });
+    let v6_slice = SliceBuilder::new("default", "web")
+        .name("web-v6")
+        .ipv6()
+        .port_with_protocol("http", 8080, "UDP")
+        .endpoint("fd00:244::5", "node-a")
+        .build();
+    let v4_slice = SliceBuilder::new("default", "web")
+        .port_with_protocol("http", 8080, "UDP")
+        .endpoint("10.244.1.5", "node-a")
+        .build();
+    let p = plan_with(vec![udp.build()], vec![v4_slice, v6_slice], false);
+    let client = super::writes::v6_words("fd00:244:1::20".parse().unwrap());
+    let tuple = |dst: &str| super::netlink::ConntrackTuple6 {
+        src: client,
+        dst: super::writes::v6_words(dst.parse().unwrap()),
+        sport: 5000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: 17,
+    };
+    let mut ct = FakeConntrack {
+        snapshots6: vec![vec![tuple("fd00:96::10"), tuple("fd00:96::99")]],
+        ..FakeConntrack::default()
+    };
+    let report = syncer.sync(&mut maps, &mut ct, &p, 1).unwrap();
+    assert_eq!(report.nftables_owned_marked, 1, "{report}");
+    let marked: Vec<_> = maps.flows6.iter().collect();
+    assert_eq!(marked.len(), 1);
+    let (key, value) = marked[0];
+    assert_eq!(key.dst, tuple("fd00:96::10").dst);
+    assert_eq!((key.dir, value.owner), (dir::FORWARD, owner::NFTABLES));
+    assert_ne!(value.counter, 0, "still counted");
+    assert!(maps.flows.is_empty(), "no IPv4 flow was involved");
+}
+
+#[test]
+fn garbage_collection_removes_idle_ipv6_flows_in_pairs() {
+    let mut maps = FakeMaps::new();
+    let sec = 1_000_000_000u64;
+    let now = 10_000 * sec;
+    let w = |s: &str| super::writes::v6_words(s.parse().unwrap());
+    for (cport, idle) in [(1u16, 60u64), (2, 180)] {
+        let fwd = proxy_common::FlowKey6 {
+            src: w("fd00:244:1::20"),
+            dst: w("fd00:96::10"),
+            sport: cport.to_be(),
+            dport: 53u16.to_be(),
+            proto: 17,
+            dir: dir::FORWARD,
+            _pad: 0,
+        };
+        let rev = proxy_common::FlowKey6 {
+            src: w("fd00:244::5"),
+            dst: fwd.src,
+            sport: 5353u16.to_be(),
+            dport: fwd.sport,
+            proto: 17,
+            dir: dir::REPLY,
+            _pad: 0,
+        };
+        let value = |addr, port| proxy_common::FlowValue6 {
+            id: 7,
+            last_seen_ns: now - idle * sec,
+            nat: proxy_common::Backend6 {
+                addr,
+                port,
+                _pad: 0,
+            },
+            owner: owner::FAST,
+            counter: u32::from(cport),
+            ..proxy_common::FlowValue6::default()
+        };
+        maps.flows6.insert(fwd, value(rev.src, rev.sport));
+        maps.flows6.insert(rev, value(fwd.dst, fwd.dport));
+    }
+    let report = reconcile::collect_garbage(&mut maps, &FlowTimeouts::default(), now).unwrap();
+    assert_eq!((report.entries, report.removed), (4, 2));
+    assert_eq!(report.counters_in_use, [1].into_iter().collect());
+    assert!(
+        maps.flows6
+            .keys()
+            .all(|k| u16::from_be(k.sport) == 1 || u16::from_be(k.dport) == 1)
+    );
+}
+
+#[test]
+fn a_dual_stack_port_is_one_auto_candidate_needing_both_families_room() {
+    let p = plan_with(
+        vec![dual_stack().build()],
+        vec![both(), slice6(&[("fd00:244::5", "node-a")])],
+        false,
+    );
+    let candidates = reconcile::candidates(&p);
+    assert_eq!(candidates.len(), 1, "{candidates:?}");
+    assert_eq!(
+        (candidates[0].sets, candidates[0].backend_entries),
+        (2, 3),
+        "an IPv4 set of 2 and an IPv6 set of 1"
     );
 }

@@ -13,14 +13,14 @@
 
 use std::{collections::BTreeSet, fmt, fmt::Write as _};
 
-use proxy_common::{Backend, ServiceValue, service_flags};
+use proxy_common::{ServiceValue, service_flags};
 
 use super::{
     config::AccelerationMode,
     eligibility::{self, AutoChoice, Reason},
     reconcile,
     store::{self, MapStore, StoreError},
-    writes::{self, SetId},
+    writes::{self, Endpoint, SetId},
 };
 use crate::{
     model::AccelerationAnnotation,
@@ -137,14 +137,8 @@ fn describe(v: &ServiceValue) -> String {
     s
 }
 
-fn backends_text(b: &[Backend]) -> String {
-    b.iter()
-        .map(|b| {
-            let (ip, port) = writes::backend_addr(b);
-            format!("{ip}:{port}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+fn backends_text(b: &[Endpoint]) -> String {
+    writes::fmt_backends(b)
 }
 
 /// Whether two decision codes agree: equal, or both "not hot yet" reasons of `auto` mode
@@ -546,6 +540,96 @@ mod tests {
         assert!(
             d.iter()
                 .any(|t| t.contains("default/quiet") && t.contains("may not promote")),
+            "{d:#?}"
+        );
+    }
+
+    /// `web`, dual-stack, with a node port and eTP Local, on a node with an IPv6 address.
+    fn dual_stack_plan() -> ProxyPlan {
+        let mut state = ClusterState::new();
+        state
+            .upsert_service(
+                ServiceBuilder::cluster_ip("default", "web", "10.96.0.10,fd00:96::10")
+                    .port("http", 80)
+                    .node_port(30080)
+                    .external_policy_local()
+                    .with_spec(|s| {
+                        s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+                        s.ip_family_policy = Some("RequireDualStack".into());
+                    })
+                    .build(),
+            )
+            .unwrap();
+        state.upsert_slice(slice("web", &["10.244.1.5"])).unwrap();
+        state
+            .upsert_slice(
+                SliceBuilder::new("default", "web")
+                    .name("web-v6")
+                    .ipv6()
+                    .port("http", 8080)
+                    .endpoint("fd00:244:1::5", "node-a")
+                    .build(),
+            )
+            .unwrap();
+        state.set_node(Some(
+            NodeBuilder::new("node-a")
+                .internal_ip("192.168.1.10")
+                .internal_ip("fd00:1::10")
+                .pod_cidr("10.244.1.0/24")
+                .build(),
+        ));
+        plan::compute(
+            &state,
+            &PlanSettings {
+                node_name: "node-a".into(),
+                detect_local: DetectLocal::ClusterCidr,
+                cluster_cidrs: vec![
+                    "10.244.0.0/16".parse().unwrap(),
+                    "fd00:244::/48".parse().unwrap(),
+                ],
+                ..PlanSettings::default()
+            },
+        )
+    }
+
+    #[test]
+    fn verify_reads_the_ipv6_maps_and_names_a_missing_or_wrong_ipv6_entry() {
+        let p = dual_stack_plan();
+        let (clean, _) = synced(AccelerationMode::All, &p);
+        assert_eq!(verify(&clean, &p, AccelerationMode::All).unwrap(), vec![]);
+        // Both IPv6 paths are written: the ClusterIP for pods, the node port on the node's
+        // IPv6 address for XDP.
+        let described: Vec<String> = clean
+            .services6
+            .keys()
+            .map(|k| writes::describe_key(writes::EntryKey::V6(*k)))
+            .collect();
+        assert!(
+            described.contains(&"[fd00:96::10]:80/tcp [pods]".to_owned())
+                && described.contains(&"[fd00:1::10]:30080/tcp [external]".to_owned()),
+            "{described:#?}"
+        );
+
+        let mut maps = clean.clone();
+        let pods = *clean
+            .services6
+            .keys()
+            .find(|k| k.scope == proxy_common::scope::POD && k.port == 80u16.to_be())
+            .unwrap();
+        maps.services6.remove(&pods);
+        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(
+            d[0].contains("[fd00:96::10]:80/tcp [pods]") && d[0].contains("is missing"),
+            "{d:#?}"
+        );
+
+        let mut maps = clean.clone();
+        maps.backends6.values_mut().next().unwrap().port = 9999u16.to_be();
+        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        assert!(
+            d.iter()
+                .any(|t| t.contains("[fd00:244:1::5]:9999") && t.contains("/ipv6")),
             "{d:#?}"
         );
     }

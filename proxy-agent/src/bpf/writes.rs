@@ -20,43 +20,112 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use proxy_common::{
-    Backend, FlowKey, PORT_NAME_LEN, PortInfo, ServiceKey, ServiceValue, scope, service_flags,
+    Backend, Backend6, FlowKey, FlowKey6, Ipv6Words, PORT_NAME_LEN, PortInfo, ServiceKey,
+    ServiceKey6, ServiceValue, scope, service_flags,
 };
 
 use super::{
     eligibility::{PortEligibility, decision_code},
     maglev,
 };
-use crate::model::Protocol;
+use crate::model::{IpFamily, Protocol};
 
-/// A backend set: one endpoint list of one service port (`ServicePortId`, `set::*`).
+/// A backend set: one endpoint list of one service port in one family (`ServicePortId`,
+/// `set::*`, plus `set::IPV6` for an IPv6 set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SetId {
     pub id: u64,
     pub set: u8,
 }
 
+impl SetId {
+    /// Whether the set's backends are IPv6 (in `HP_BACKENDS6`).
+    pub fn is_v6(self) -> bool {
+        self.set & proxy_common::set::IPV6 != 0
+    }
+}
+
 impl fmt::Display for SetId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = if self.set == proxy_common::set::LOCAL {
+        let set = if self.set & !proxy_common::set::IPV6 == proxy_common::set::LOCAL {
             "local"
         } else {
             "cluster"
         };
-        write!(f, "{:016x}/{set}", self.id)
+        let family = if self.is_v6() { "/ipv6" } else { "" };
+        write!(f, "{:016x}/{set}{family}", self.id)
     }
+}
+
+/// A service entry's key in either family's service map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryKey {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+impl EntryKey {
+    /// The address, port (host order) and protocol the entry captures.
+    pub fn address(&self) -> (IpAddr, u16, u8) {
+        match self {
+            Self::V4(k) => (
+                Ipv4Addr::from(k.addr.to_ne_bytes()).into(),
+                u16::from_be(k.port),
+                k.proto,
+            ),
+            Self::V6(k) => (v6_addr(&k.addr).into(), u16::from_be(k.port), k.proto),
+        }
+    }
+
+    pub fn scope(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.scope,
+            Self::V6(k) => k.scope,
+        }
+    }
+}
+
+/// A backend (or a flow's translation) in either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    V4(Backend),
+    V6(Backend6),
+}
+
+/// An entry key of either family's connection table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlowEntryKey {
+    V4(FlowKey),
+    V6(FlowKey6),
+}
+
+/// The wire form of an IPv6 address (its bytes in order, as four words).
+pub fn v6_words(ip: Ipv6Addr) -> Ipv6Words {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The address of a wire-form IPv6 address.
+pub fn v6_addr(words: &Ipv6Words) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
 }
 
 /// One revision of a backend set as written in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revision {
     pub revision: u32,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Endpoint>,
 }
 
 /// A backend set's revisions in the maps: the one service entries use, and the one before,
@@ -71,7 +140,8 @@ pub struct SetRevisions {
 /// against, and what a dump of the maps reads back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceMaps {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Both families' service entries.
+    pub services: BTreeMap<EntryKey, ServiceValue>,
     pub sets: BTreeMap<SetId, SetRevisions>,
     /// Revisions no service entry uses, left by an interrupted sync: deleted by the next one.
     pub stale: Vec<(SetId, Revision)>,
@@ -116,8 +186,8 @@ pub struct DesiredPort {
 /// The service maps' desired content.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub services: BTreeMap<ServiceKey, DesiredService>,
-    pub sets: BTreeMap<SetId, Vec<Backend>>,
+    pub services: BTreeMap<EntryKey, DesiredService>,
+    pub sets: BTreeMap<SetId, Vec<Endpoint>>,
     pub ports: BTreeMap<u64, DesiredPort>,
 }
 
@@ -149,34 +219,57 @@ pub fn port_label(info: &PortInfo) -> String {
     String::from_utf8_lossy(&info.name[..end]).into_owned()
 }
 
-/// Wire form of an IPv4 address and port.
-pub fn backend_of(ip: Ipv4Addr, port: u16) -> Backend {
-    Backend {
-        addr: u32::from_ne_bytes(ip.octets()),
-        port: port.to_be(),
-        _pad: 0,
+/// Wire form of an address and port.
+pub fn backend_of(ip: IpAddr, port: u16) -> Endpoint {
+    match ip {
+        IpAddr::V4(ip) => Endpoint::V4(Backend {
+            addr: u32::from_ne_bytes(ip.octets()),
+            port: port.to_be(),
+            _pad: 0,
+        }),
+        IpAddr::V6(ip) => Endpoint::V6(Backend6 {
+            addr: v6_words(ip),
+            port: port.to_be(),
+            _pad: 0,
+        }),
     }
 }
 
 /// The address of a wire-form backend.
-pub fn backend_addr(b: &Backend) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
-}
-
-fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
+pub fn backend_addr(b: &Endpoint) -> (IpAddr, u16) {
+    match b {
+        Endpoint::V4(b) => (
+            Ipv4Addr::from(b.addr.to_ne_bytes()).into(),
+            u16::from_be(b.port),
+        ),
+        Endpoint::V6(b) => (v6_addr(&b.addr).into(), u16::from_be(b.port)),
     }
 }
 
 /// The service key of an address as a packet addresses it.
-pub fn service_key(ip: Ipv4Addr, port: u16, protocol: Protocol, key_scope: u8) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from_ne_bytes(ip.octets()),
-        port: port.to_be(),
-        proto: protocol.number(),
-        scope: key_scope,
+pub fn service_key(ip: IpAddr, port: u16, protocol: Protocol, key_scope: u8) -> EntryKey {
+    match ip {
+        IpAddr::V4(ip) => EntryKey::V4(ServiceKey {
+            addr: u32::from_ne_bytes(ip.octets()),
+            port: port.to_be(),
+            proto: protocol.number(),
+            scope: key_scope,
+        }),
+        IpAddr::V6(ip) => EntryKey::V6(ServiceKey6 {
+            addr: v6_words(ip),
+            port: port.to_be(),
+            proto: protocol.number(),
+            scope: key_scope,
+        }),
+    }
+}
+
+/// The value of `set` for a port's endpoint list in `family`.
+fn set_value(raw: u8, family: IpFamily) -> u8 {
+    if family == IpFamily::V6 {
+        raw | proxy_common::set::IPV6
+    } else {
+        raw
     }
 }
 
@@ -190,20 +283,22 @@ pub fn desired(ports: &[PortEligibility]) -> Desired {
             let Ok(acc) = decision else { continue };
             let set = SetId {
                 id: port.id.0,
-                set: acc.set.raw(),
+                set: set_value(acc.set.raw(), port.family),
             };
-            let mut backends: Vec<Backend> = acc
+            // The plan keeps each family's endpoints apart; a stray one of the other family
+            // could not be translated to.
+            let mut backends: Vec<Endpoint> = acc
                 .endpoints
                 .iter()
-                .filter_map(|e| v4(e.ip).map(|ip| backend_of(ip, e.port)))
+                .filter(|e| e.ip.is_ipv6() == (port.family == IpFamily::V6))
+                .map(|e| backend_of(e.ip, e.port))
                 .collect();
             backends.sort_by_key(backend_addr);
             backends.dedup();
             out.sets.insert(set, backends);
             for (ip, p) in &acc.addresses {
-                let Some(ip) = v4(*ip) else { continue };
                 out.services
-                    .entry(service_key(ip, *p, port.protocol, key_scope))
+                    .entry(service_key(*ip, *p, port.protocol, key_scope))
                     .or_insert(DesiredService {
                         set,
                         affinity_timeout: port.affinity_timeout,
@@ -219,16 +314,15 @@ pub fn desired(ports: &[PortEligibility]) -> Desired {
         }
         let set = SetId {
             id: port.id.0,
-            set: proxy_common::set::CLUSTER,
+            set: set_value(proxy_common::set::CLUSTER, port.family),
         };
         for (list, key_scope) in [
             (&port.counted.pods, scope::POD),
             (&port.counted.external, scope::EXTERNAL),
         ] {
             for (ip, p) in list {
-                let Some(ip) = v4(*ip) else { continue };
                 out.services
-                    .entry(service_key(ip, *p, port.protocol, key_scope))
+                    .entry(service_key(*ip, *p, port.protocol, key_scope))
                     .or_insert(DesiredService {
                         set,
                         affinity_timeout: None,
@@ -261,15 +355,15 @@ pub enum MapWrite {
     PutSet {
         set: SetId,
         revision: u32,
-        backends: Vec<Backend>,
+        backends: Vec<Endpoint>,
         table: Arc<Vec<u16>>,
     },
     PutService {
-        key: ServiceKey,
+        key: EntryKey,
         value: ServiceValue,
     },
     DeleteService {
-        key: ServiceKey,
+        key: EntryKey,
     },
     /// Deletes a revision of a backend set (its Maglev table, then its backends).
     DeleteSet {
@@ -292,14 +386,14 @@ pub enum MapWrite {
     /// datagram picks a live backend).
     PurgeBackends {
         set: SetId,
-        backends: Vec<Backend>,
+        backends: Vec<Endpoint>,
         flows: bool,
     },
     /// Marks flows nftables started as nftables-owned, so that the fast path never takes
     /// them over (written before the service entries that would capture them); each with
     /// its service's counter slot, so that its packets are still counted.
     MarkNftablesOwned {
-        flows: Vec<(FlowKey, u32)>,
+        flows: Vec<(FlowEntryKey, u32)>,
     },
     /// Records a counted service port in `HP_PORTS`.
     PutPort {
@@ -314,32 +408,29 @@ pub enum MapWrite {
     },
 }
 
-/// A service key as `address:port/protocol [scope]`.
-pub fn describe_key(k: ServiceKey) -> String {
-    let (ip, port) = backend_addr(&Backend {
-        addr: k.addr,
-        port: k.port,
-        _pad: 0,
-    });
-    let proto = match k.proto {
+/// A service key as `address:port/protocol [scope]` (`[address]:port` for IPv6).
+pub fn describe_key(k: EntryKey) -> String {
+    let (ip, port, proto) = k.address();
+    let proto = match proto {
         6 => "tcp",
         17 => "udp",
         _ => "?",
     };
-    let scope = if k.scope == scope::POD {
+    let scope = if k.scope() == scope::POD {
         "pods"
     } else {
         "external"
     };
-    format!("{ip}:{port}/{proto} [{scope}]")
+    format!("{}/{proto} [{scope}]", std::net::SocketAddr::new(ip, port))
 }
 
-fn fmt_backends(backends: &[Backend]) -> String {
+/// Backends as `address:port,...` (`[address]:port` for IPv6).
+pub fn fmt_backends(backends: &[Endpoint]) -> String {
     backends
         .iter()
         .map(|b| {
             let (ip, port) = backend_addr(b);
-            format!("{ip}:{port}")
+            std::net::SocketAddr::new(ip, port).to_string()
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -442,12 +533,14 @@ impl fmt::Display for MapWrites {
     }
 }
 
-fn maglev_table(backends: &[Backend]) -> Arc<Vec<u16>> {
+fn maglev_table(backends: &[Endpoint]) -> Arc<Vec<u16>> {
+    // The names hash as before for IPv4 (`a.b.c.d:port`), so that existing tables are
+    // unchanged; IPv6 backends are named `[addr]:port`.
     let names: Vec<Vec<u8>> = backends
         .iter()
         .map(|b| {
             let (ip, port) = backend_addr(b);
-            format!("{ip}:{port}").into_bytes()
+            std::net::SocketAddr::new(ip, port).to_string().into_bytes()
         })
         .collect();
     Arc::new(maglev::table(&names))
@@ -503,7 +596,7 @@ pub fn plan_writes(
                     backends: backends.clone(),
                     table: maglev_table(backends),
                 });
-                let removed: Vec<Backend> = revs
+                let removed: Vec<Endpoint> = revs
                     .current
                     .backends
                     .iter()
@@ -614,7 +707,7 @@ pub fn plan_writes(
             next.services.insert(*key, value);
         }
     }
-    let stale: Vec<ServiceKey> = next
+    let stale: Vec<EntryKey> = next
         .services
         .keys()
         .filter(|k| !desired.services.contains_key(k))
@@ -682,6 +775,6 @@ pub fn plan_writes(
     (MapWrites { generation, writes }, next)
 }
 
-fn count(backends: &[Backend]) -> u16 {
+fn count(backends: &[Endpoint]) -> u16 {
     u16::try_from(backends.len()).expect("at most MAX_BACKENDS")
 }
