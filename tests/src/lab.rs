@@ -224,7 +224,7 @@ impl Lab {
             dual_stack,
         };
         if dual_stack {
-            lab.wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
+            Self::wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
         }
         lab
     }
@@ -246,7 +246,7 @@ impl Lab {
     /// Waits until no address in `namespaces` is tentative. DAD is off in a dual-stack lab,
     /// so this is a check that it was off in time more than a wait; a first connection
     /// through an interface still in DAD can time out.
-    fn wait_no_tentative(&self, namespaces: &[&Netns]) {
+    fn wait_no_tentative(namespaces: &[&Netns]) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while namespaces.iter().any(|ns| {
             !ns.ip(&["-6", "addr", "show", "tentative"])
@@ -325,7 +325,7 @@ impl Lab {
                 "eth0",
             ]);
             node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &node_if]);
-            self.wait_no_tentative(&[node, &ns]);
+            Self::wait_no_tentative(&[node, &ns]);
             ip6
         });
         self.pods.push(Pod {
