@@ -338,11 +338,22 @@ fn ipv6_fast_path_serves_the_same_backends_and_client_addresses_as_nftables() {
     }
     let after = pinned(&pin);
 
-    // The IPv6-only Services' counters: the pod flows were translated by the fast path.
-    for label in ["default/web6 http", "default/web6 dns"] {
-        let fast = fast_packets(&after, label) - fast_packets(&before, label);
-        assert!(fast > 0, "{label}: no fast-path packets");
+    // The IPv6-only Services' counters: the pod flows were translated by the fast path
+    // (TC), and so was the eTP Local node port from outside (XDP); the eTP Cluster node
+    // port needs SNAT, so nftables served it, as for IPv4.
+    let fast = |label: &str| fast_packets(&after, label) - fast_packets(&before, label);
+    for label in [
+        "default/web6 http",
+        "default/web6 dns",
+        "default/edge-local http",
+    ] {
+        assert!(fast(label) > 0, "{label}: no fast-path packets");
     }
+    assert_eq!(
+        fast("default/edge-cluster http"),
+        0,
+        "edge-cluster needs SNAT"
+    );
     let new_flows = stat(&after, StatIndex::NewFlow) - stat(&before, StatIndex::NewFlow);
     assert!(new_flows >= 48, "{new_flows} new fast-path flows");
 
