@@ -164,6 +164,16 @@ fn ipv6_cluster_ip_spreads_over_endpoints_keeps_client_ips_and_rejects_what_it_m
         traffic::udp(&c1.ns, addr("[fd00:10:96::11]:53")),
         Outcome::Refused
     );
+    // An unallocated address of the IPv6 service CIDR is dropped.
+    assert_eq!(
+        traffic::tcp(&c1.ns, addr("[fd00:10:96::99]:80")),
+        Outcome::Timeout
+    );
+
+    // From the node itself (host network), both endpoints are reached too.
+    let from_host = exchanges(&lab, &lab.node, WEB6, false, 24);
+    assert_eq!(from_host.backends, set(&["a1", "b1"]));
+    assert!(!from_host.peers.contains("fd00:10:96::10"), "{from_host:?}");
 
     // A dual-stack Service: each family's cluster IP reaches that family's endpoints.
     let seen4 = exchanges(&lab, &c1.ns, DUAL4, false, 24);
