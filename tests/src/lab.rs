@@ -11,9 +11,25 @@
 //! the node, and the pod's default route via a link-local gateway the node answers by proxy
 //! ARP. The external client routes the Service CIDR, the load-balancer range and the external
 //! IP range to node-a. Everything is deleted when the lab is dropped.
+//!
+//! [`Lab::dual_stack`] adds IPv6 alongside, mirroring the IPv4 wiring:
+//!
+//! ```text
+//!   external client ──eth0── node-a ──fab0── node-b
+//!   fd00:1::100          fd00:1::10     fd00:2::1/::2
+//!                            │ cali*                 │ cali*
+//!               pods fd00:10:244:1::/64    pods fd00:10:244:2::/64
+//! ```
+//!
+//! Each pod's /128 is routed to its veth, and its default route goes via `fe80::1`, a fixed
+//! link-local address on the node's end of every pod veth (Calico's 169.254.1.1, without
+//! needing proxy NDP). Duplicate address detection is off in every namespace of a
+//! dual-stack lab, so that addresses are usable at once. The agent is told both families'
+//! cluster and service CIDRs ([`NODE_FLAGS_DUAL_STACK`]) and node-a's Node object lists its
+//! IPv6 address, which makes it a node-port address.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -43,6 +59,29 @@ pub const LB_RANGE: &str = "198.51.100.0/24";
 /// Routed to node-a by the external client, for external IPs.
 pub const EXTERNAL_IP_RANGE: &str = "203.0.113.0/24";
 
+/// Node-a's IPv6 address (dual-stack labs only).
+pub const NODE_A_IP6: &str = "fd00:1::10";
+/// The external client's IPv6 address (dual-stack labs only).
+pub const EXTERNAL_IP6: &str = "fd00:1::100";
+/// Both pod CIDRs (node-a's `fd00:10:244:1::/64`, node-b's `fd00:10:244:2::/64`).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
+/// Routed to node-a by the external client, for IPv6 load-balancer IPs.
+pub const LB_RANGE6: &str = "2001:db8:51::/64";
+/// Routed to node-a by the external client, for IPv6 external IPs.
+pub const EXTERNAL_IP_RANGE6: &str = "2001:db8:113::/64";
+/// The node side's address on every pod veth, the pods' IPv6 default gateway.
+const POD_GATEWAY6: &str = "fe80::1";
+/// [`NODE_FLAGS`] of a dual-stack lab: both families' CIDRs, comma-separated.
+pub const NODE_FLAGS_DUAL_STACK: [&str; 6] = [
+    "--node",
+    NODE_A,
+    "--cluster-cidr",
+    "10.244.0.0/16,fd00:10:244::/56",
+    "--service-cidr",
+    "10.96.0.0/12,fd00:10:96::/112",
+];
+
 /// Which node a pod runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum On {
@@ -56,6 +95,8 @@ pub struct Pod {
     pub name: String,
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack lab.
+    pub ip6: Option<Ipv6Addr>,
     pub on: On,
 }
 
@@ -66,6 +107,12 @@ impl Pod {
             On::NodeA => NODE_A,
             On::NodeB => NODE_B,
         }
+    }
+
+    /// Its IPv6 address; panics outside a dual-stack lab.
+    pub fn ip6(&self) -> Ipv6Addr {
+        self.ip6
+            .unwrap_or_else(|| panic!("pod {} has no IPv6 address", self.name))
     }
 }
 
@@ -79,18 +126,48 @@ pub struct Lab {
     servers: Vec<Server>,
     dir: PathBuf,
     next_host: [u8; 2],
+    dual_stack: bool,
 }
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {
     ns.exec_ok("sysctl", &["-qw", &format!("{key}={value}")]);
 }
 
+/// Turns duplicate address detection off for interfaces created in `ns` from now on
+/// (their automatic link-local addresses included), so that IPv6 works at once.
+fn no_dad(ns: &Netns) {
+    sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+    sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
+}
+
+/// Adds an IPv6 address without duplicate address detection.
+fn add6(ns: &Netns, addr: &str, dev: &str) {
+    ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+}
+
 impl Lab {
     /// Builds the lab's nodes and external client (no pods yet).
     pub fn new(tag: &str) -> Self {
-        let node = Netns::new(&format!("{tag}-a"));
-        let node_b = Netns::new(&format!("{tag}-b"));
-        let external = Netns::new(&format!("{tag}-x"));
+        Self::build(tag, false)
+    }
+
+    /// As [`Lab::new`], with IPv6 too (see the module docs); pods added later get both
+    /// families and serve on both.
+    pub fn dual_stack(tag: &str) -> Self {
+        Self::build(tag, true)
+    }
+
+    fn build(tag: &str, dual_stack: bool) -> Self {
+        let new_ns = |suffix: &str| {
+            let ns = Netns::new(&format!("{tag}-{suffix}"));
+            if dual_stack {
+                no_dad(&ns);
+            }
+            ns
+        };
+        let node = new_ns("a");
+        let node_b = new_ns("b");
+        let external = new_ns("x");
         external.veth("eth0", &node, "eth0");
         external.ip(&["addr", "add", &format!("{EXTERNAL_IP}/24"), "dev", "eth0"]);
         node.ip(&["addr", "add", &format!("{NODE_A_IP}/24"), "dev", "eth0"]);
@@ -112,9 +189,31 @@ impl Lab {
             sysctl(n, "net.ipv4.conf.all.rp_filter", "0");
             sysctl(n, "net.ipv4.conf.default.rp_filter", "0");
         }
+        if dual_stack {
+            add6(&external, &format!("{EXTERNAL_IP6}/64"), "eth0");
+            add6(&node, &format!("{NODE_A_IP6}/64"), "eth0");
+            for range in [SERVICE_CIDR6, LB_RANGE6, EXTERNAL_IP_RANGE6] {
+                external.ip(&["-6", "route", "add", range, "via", NODE_A_IP6]);
+            }
+            add6(&node, "fd00:2::1/64", "fab0");
+            add6(&node_b, "fd00:2::2/64", "fab0");
+            node.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:10:244:2::/64",
+                "via",
+                "fd00:2::2",
+            ]);
+            node_b.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+            node.ip(&["-6", "route", "add", "default", "via", EXTERNAL_IP6]);
+            for n in [&node, &node_b] {
+                sysctl(n, "net.ipv6.conf.all.forwarding", "1");
+            }
+        }
         let dir = std::env::temp_dir().join(format!("{}-manifests", node.name()));
         std::fs::create_dir_all(&dir).expect("creating the manifest directory");
-        Self {
+        let lab = Self {
             node,
             node_b,
             external,
@@ -122,6 +221,43 @@ impl Lab {
             servers: Vec::new(),
             dir,
             next_host: [5, 5],
+            dual_stack,
+        };
+        if dual_stack {
+            Self::wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
+        }
+        lab
+    }
+
+    /// Whether this lab has IPv6 too.
+    pub fn is_dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
+    /// The flags that make `proxy-agent` node-a of this lab.
+    pub fn node_flags(&self) -> [&'static str; 6] {
+        if self.dual_stack {
+            NODE_FLAGS_DUAL_STACK
+        } else {
+            NODE_FLAGS
+        }
+    }
+
+    /// Waits until no address in `namespaces` is tentative. DAD is off in a dual-stack lab,
+    /// so this is a check that it was off in time more than a wait; a first connection
+    /// through an interface still in DAD can time out.
+    fn wait_no_tentative(namespaces: &[&Netns]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while namespaces.iter().any(|ns| {
+            !ns.ip(&["-6", "addr", "show", "tentative"])
+                .stdout
+                .is_empty()
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "IPv6 addresses still tentative after 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
@@ -135,6 +271,9 @@ impl Lab {
         self.next_host[slot] += 1;
         let ip = Ipv4Addr::new(10, 244, subnet, host);
         let ns = Netns::new(&format!("{}-p", &node.name()[4..node.name().len().min(12)]));
+        if self.dual_stack {
+            no_dad(&ns);
+        }
         let node_if = format!("cali{subnet}{host:03}");
         ns.veth("eth0", node, &node_if);
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
@@ -162,10 +301,38 @@ impl Lab {
         // answer by up to 80 jiffies, 320 ms here, on each first contact).
         sysctl(node, &format!("net.ipv4.neigh.{node_if}.proxy_delay"), "0");
         sysctl(node, &format!("net.ipv4.conf.{node_if}.rp_filter"), "0");
+        let ip6 = self.dual_stack.then(|| {
+            let ip6 = Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                0x244,
+                u16::from(subnet),
+                0,
+                0,
+                0,
+                u16::from(host),
+            );
+            add6(node, &format!("{POD_GATEWAY6}/64"), &node_if);
+            add6(&ns, &format!("{ip6}/128"), "eth0");
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                POD_GATEWAY6,
+                "dev",
+                "eth0",
+            ]);
+            node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &node_if]);
+            Self::wait_no_tentative(&[node, &ns]);
+            ip6
+        });
         self.pods.push(Pod {
             name: name.to_owned(),
             ns,
             ip,
+            ip6,
             on,
         });
         ip
@@ -200,6 +367,24 @@ impl Lab {
         builder.build()
     }
 
+    /// Pod `name`'s IPv6 address as an EndpointSlice endpoint, as [`Lab::endpoint`].
+    pub fn endpoint6(&self, name: &str, extra: &str) -> String {
+        let pod = self.pod(name);
+        format!(
+            "{{addresses: [\"{}\"], nodeName: {}{extra}}}",
+            pod.ip6(),
+            pod.node()
+        )
+    }
+
+    /// The ready IPv6 endpoints of `pods`, comma-separated, for an `endpoints: [...]` list.
+    pub fn endpoints6(&self, pods: &[&str]) -> String {
+        pods.iter()
+            .map(|p| self.endpoint6(p, ""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The ready endpoints of `pods`, comma-separated, for an `endpoints: [...]` list.
     pub fn endpoints(&self, pods: &[&str]) -> String {
         pods.iter()
@@ -208,11 +393,19 @@ impl Lab {
             .join(", ")
     }
 
-    /// Starts TCP and UDP servers named after the pod on `port`.
+    /// Starts TCP and UDP servers named after the pod on `port` (on its IPv6 address too, in
+    /// a dual-stack lab).
     pub fn serve(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod);
-        let server = Server::start(&p.ns, &p.name, SocketAddr::from((p.ip, port)));
-        self.servers.push(server);
+        let mut servers = vec![Server::start(
+            &p.ns,
+            &p.name,
+            SocketAddr::from((p.ip, port)),
+        )];
+        if let Some(ip6) = p.ip6 {
+            servers.push(Server::start(&p.ns, &p.name, SocketAddr::from((ip6, port))));
+        }
+        self.servers.extend(servers);
     }
 
     /// Stops every server (their ports close).
@@ -234,10 +427,18 @@ impl Lab {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let node = format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_A}, labels: {{topology.kubernetes.io/zone: z1}}}}\n\
-             spec: {{podCIDR: 10.244.1.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: {NODE_A_IP}}}]}}\n---\n"
-        );
+        let node = if self.dual_stack {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_A}, labels: {{topology.kubernetes.io/zone: z1}}}}\n\
+                 spec: {{podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {NODE_A_IP}}}, {{type: InternalIP, address: \"{NODE_A_IP6}\"}}]}}\n---\n"
+            )
+        } else {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE_A}, labels: {{topology.kubernetes.io/zone: z1}}}}\n\
+                 spec: {{podCIDR: 10.244.1.0/24}}\nstatus: {{addresses: [{{type: InternalIP, address: {NODE_A_IP}}}]}}\n---\n"
+            )
+        };
         // Written to a temporary name and renamed, so that a watcher never reads half a file.
         let tmp = self.dir.join(".cluster.yaml.tmp");
         std::fs::write(&tmp, format!("{node}{yaml}")).unwrap();
@@ -263,7 +464,7 @@ impl Lab {
         if command != "cleanup" {
             cmd.arg("--manifests").arg(&self.dir);
         }
-        cmd.args(NODE_FLAGS).args(extra);
+        cmd.args(self.node_flags()).args(extra);
         cmd.output().expect("running proxy-agent")
     }
 
@@ -297,7 +498,7 @@ impl Lab {
     fn spawn_run(&self, mut cmd: Command, extra: &[&str], kubeconfig: Option<PathBuf>) -> Agent {
         let log = self.dir.with_extension("agent.log");
         let file = std::fs::File::create(&log).expect("creating the agent log");
-        cmd.args(NODE_FLAGS).args(extra);
+        cmd.args(self.node_flags()).args(extra);
         cmd.stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().expect("starting proxy-agent run");
         Agent {
