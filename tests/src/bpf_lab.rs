@@ -249,18 +249,7 @@ impl FastPathLab {
             .into_iter()
             .chain(self.pods.iter().map(|p| &p.ns))
             .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while namespaces.iter().any(|ns| {
-            !ns.ip(&["-6", "addr", "show", "tentative"])
-                .stdout
-                .is_empty()
-        }) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "IPv6 addresses still tentative after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::netns::wait_no_tentative(&namespaces);
     }
 
     /// Removes a pod (its namespace and veth).

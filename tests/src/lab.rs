@@ -224,7 +224,7 @@ impl Lab {
             dual_stack,
         };
         if dual_stack {
-            Self::wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
+            crate::netns::wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
         }
         lab
     }
@@ -243,22 +243,16 @@ impl Lab {
         }
     }
 
-    /// Waits until no address in `namespaces` is tentative. DAD is off in a dual-stack lab,
-    /// so this is a check that it was off in time more than a wait; a first connection
-    /// through an interface still in DAD can time out.
-    fn wait_no_tentative(namespaces: &[&Netns]) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while namespaces.iter().any(|ns| {
-            !ns.ip(&["-6", "addr", "show", "tentative"])
-                .stdout
-                .is_empty()
-        }) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "IPv6 addresses still tentative after 10 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+    /// Adds the lab most tests use: backends `a1` (node-a) and `b1` (node-b) serving 8080,
+    /// and a client pod `c1` on node-a.
+    #[must_use]
+    pub fn with_backends(mut self) -> Self {
+        self.add_pod("a1", On::NodeA);
+        self.add_pod("b1", On::NodeB);
+        self.add_pod("c1", On::NodeA);
+        self.serve("a1", 8080);
+        self.serve("b1", 8080);
+        self
     }
 
     /// Adds a pod on a node and returns its address.
@@ -325,7 +319,7 @@ impl Lab {
                 "eth0",
             ]);
             node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &node_if]);
-            Self::wait_no_tentative(&[node, &ns]);
+            crate::netns::wait_no_tentative(&[node, &ns]);
             ip6
         });
         self.pods.push(Pod {

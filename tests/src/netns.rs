@@ -105,6 +105,26 @@ impl Netns {
     }
 }
 
+/// Waits until no IPv6 address in `namespaces` is tentative: until duplicate address
+/// detection ends, a first connection through the interface can time out.
+///
+/// # Panics
+/// When an address is still tentative after 10 s.
+pub fn wait_no_tentative(namespaces: &[&Netns]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while namespaces.iter().any(|ns| {
+        !ns.ip(&["-6", "addr", "show", "tentative"])
+            .stdout
+            .is_empty()
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "IPv6 addresses still tentative after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -3,6 +3,7 @@
 //! masqueraded.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -161,6 +162,49 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// What a series of exchanges got: the backends that answered, and the peer addresses
+/// they saw.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub backends: BTreeSet<String>,
+    pub peers: BTreeSet<String>,
+}
+
+/// `n` TCP (or UDP) exchanges from inside `from` to `dst`, each on a new connection (or
+/// socket); the first that gets no reply is the error.
+///
+/// # Errors
+/// The first exchange without a reply, with its outcome.
+///
+/// # Panics
+/// When `dst` is not a socket address.
+pub fn exchanges(from: &Netns, dst: &str, udp: bool, n: usize) -> Result<Seen, String> {
+    let to: SocketAddr = dst
+        .parse()
+        .unwrap_or_else(|e| panic!("{dst} is not a socket address: {e}"));
+    let mut seen = Seen {
+        backends: BTreeSet::new(),
+        peers: BTreeSet::new(),
+    };
+    for i in 0..n {
+        match if udp {
+            self::udp(from, to)
+        } else {
+            tcp(from, to)
+        } {
+            Outcome::Reply { backend, peer } => {
+                seen.backends.insert(backend);
+                seen.peers.insert(peer.ip().to_string());
+            }
+            other => {
+                let proto = if udp { "udp" } else { "tcp" };
+                return Err(format!("{dst}/{proto} exchange {i}: {other:?}"));
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// One TCP request from inside `ns` to `dst`.

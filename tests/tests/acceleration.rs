@@ -14,7 +14,6 @@
 //! Every pin path is `/sys/fs/bpf/hpt-*` and is removed by the test.
 
 use std::{
-    collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -29,10 +28,9 @@ use std::{
 use hybrid_proxy_tests::{
     bpf_harness::chain,
     lab::{EXTERNAL_IP, Lab, NODE_A_IP, On, agent_binary, wait_for},
-    netns::Netns,
     privileged,
     reliability::record,
-    traffic::{self, Connection, Outcome},
+    traffic::{self, Connection, Outcome, Seen, exchanges},
 };
 use proxy_agent::{
     bpf::{
@@ -241,35 +239,6 @@ fn stat(view: &inspect::PinnedView, index: StatIndex) -> u64 {
         .iter()
         .find(|(i, _)| *i == index)
         .map_or(0, |(_, n)| *n)
-}
-
-/// What `n` exchanges got: the set of backends, and the set of peer addresses they saw.
-#[derive(Debug, PartialEq, Eq)]
-struct Seen {
-    backends: BTreeSet<String>,
-    peers: BTreeSet<String>,
-}
-
-fn exchanges(from: &Netns, dst: &str, udp: bool, n: usize) -> Result<Seen, String> {
-    let mut seen = Seen {
-        backends: BTreeSet::new(),
-        peers: BTreeSet::new(),
-    };
-    for i in 0..n {
-        let outcome = if udp {
-            traffic::udp(from, addr(dst))
-        } else {
-            traffic::tcp(from, addr(dst))
-        };
-        match outcome {
-            Outcome::Reply { backend, peer } => {
-                seen.backends.insert(backend);
-                seen.peers.insert(peer.ip().to_string());
-            }
-            other => return Err(format!("{dst} exchange {i}: {other:?}")),
-        }
-    }
-    Ok(seen)
 }
 
 /// The exchanges compared between modes: from the pod (TC) and from outside (XDP).

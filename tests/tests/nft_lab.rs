@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::SocketAddr};
 
 use hybrid_proxy_tests::{
-    lab::{EXTERNAL_IP, Lab, NODE_A_IP, On},
+    lab::{EXTERNAL_IP, Lab, NODE_A_IP},
     privileged,
     traffic::{self, Connection, Outcome},
 };
@@ -46,13 +46,7 @@ const HTTP: &str = "{name: http, port: 80}";
 /// A lab with backends `a1` (node-a) and `b1` (node-b) serving 8080, and a client pod `c1`
 /// on node-a.
 fn lab(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.add_pod("a1", On::NodeA);
-    lab.add_pod("b1", On::NodeB);
-    lab.add_pod("c1", On::NodeA);
-    lab.serve("a1", 8080);
-    lab.serve("b1", 8080);
-    lab
+    Lab::new(tag).with_backends()
 }
 
 fn ips(lab: &Lab, pods: &[&str]) -> Vec<(String, &'static str)> {

@@ -14,10 +14,10 @@ use std::{
 
 use hybrid_proxy_tests::{
     bpf_harness::chain,
-    lab::{EXTERNAL_IP6, Lab, NODE_A_IP6, On},
+    lab::{EXTERNAL_IP6, Lab, NODE_A_IP6},
     netns::Netns,
     privileged,
-    traffic::{self, Connection, Outcome},
+    traffic::{self, Connection, Outcome, Seen},
 };
 use proxy_agent::bpf::{
     inspect,
@@ -63,46 +63,12 @@ fn slice(service: &str, family: &str, endpoints: &str) -> String {
 /// A dual-stack lab with backends `a1` (node-a) and `b1` (node-b) serving 8080, and a
 /// client pod `c1` on node-a.
 fn lab(tag: &str) -> Lab {
-    let mut lab = Lab::dual_stack(tag);
-    lab.add_pod("a1", On::NodeA);
-    lab.add_pod("b1", On::NodeB);
-    lab.add_pod("c1", On::NodeA);
-    lab.serve("a1", 8080);
-    lab.serve("b1", 8080);
-    lab
+    Lab::dual_stack(tag).with_backends()
 }
 
-/// What `n` exchanges got: the set of backends, and the set of peer addresses they saw.
-#[derive(Debug, PartialEq, Eq)]
-struct Seen {
-    backends: BTreeSet<String>,
-    peers: BTreeSet<String>,
-}
-
+/// `n` exchanges that must all be answered (else the failure, with the node's ruleset).
 fn exchanges(lab: &Lab, from: &Netns, dst: &str, udp: bool, n: usize) -> Seen {
-    let mut seen = Seen {
-        backends: BTreeSet::new(),
-        peers: BTreeSet::new(),
-    };
-    for i in 0..n {
-        let outcome = if udp {
-            traffic::udp(from, addr(dst))
-        } else {
-            traffic::tcp(from, addr(dst))
-        };
-        match outcome {
-            Outcome::Reply { backend, peer } => {
-                seen.backends.insert(backend);
-                seen.peers.insert(peer.ip().to_string());
-            }
-            other => panic!(
-                "{dst}{} exchange {i}: {other:?}\n{}",
-                if udp { "/udp" } else { "" },
-                lab.ruleset()
-            ),
-        }
-    }
-    seen
+    traffic::exchanges(from, dst, udp, n).unwrap_or_else(|e| panic!("{e}\n{}", lab.ruleset()))
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {

@@ -139,13 +139,7 @@ fn healthy(lab: &Lab) -> bool {
 
 /// A lab with backends a1 (node-a) and b1 (node-b) serving on 8080, and client pod c1.
 fn lab_with_backends(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.add_pod("a1", On::NodeA);
-    lab.add_pod("b1", On::NodeB);
-    lab.add_pod("c1", On::NodeA);
-    lab.serve("a1", 8080);
-    lab.serve("b1", 8080);
-    lab
+    Lab::new(tag).with_backends()
 }
 
 /// The backends of Service web in the kill test.
