@@ -38,52 +38,50 @@ pub struct KernelConntrack;
 
 impl ConntrackSource for KernelConntrack {
     fn tuples(&mut self) -> io::Result<Vec<ConntrackTuple>> {
-        use crate::conntrack::Conntrack as _;
-        let mut ct = crate::conntrack::NetlinkConntrack::new();
-        let mut out = Vec::new();
-        for protocol in [6u8, 17] {
-            let flows = ct
-                .flows(crate::model::IpFamily::V4, protocol)
-                .map_err(io::Error::other)?;
-            for f in flows {
-                let (IpAddr::V4(src), IpAddr::V4(dst)) = (f.original.src, f.original.dst) else {
-                    continue;
-                };
-                out.push(ConntrackTuple {
-                    src: u32::from_ne_bytes(src.octets()),
-                    dst: u32::from_ne_bytes(dst.octets()),
-                    sport: f.original.src_port.to_be(),
-                    dport: f.original.dst_port.to_be(),
-                    proto: protocol,
-                });
-            }
-        }
-        Ok(out)
+        kernel_tuples(crate::model::IpFamily::V4, |f, proto| {
+            let (IpAddr::V4(src), IpAddr::V4(dst)) = (f.original.src, f.original.dst) else {
+                return None;
+            };
+            Some(ConntrackTuple {
+                src: u32::from_ne_bytes(src.octets()),
+                dst: u32::from_ne_bytes(dst.octets()),
+                sport: f.original.src_port.to_be(),
+                dport: f.original.dst_port.to_be(),
+                proto,
+            })
+        })
     }
 
     fn tuples6(&mut self) -> io::Result<Vec<ConntrackTuple6>> {
-        use crate::conntrack::Conntrack as _;
-        let mut ct = crate::conntrack::NetlinkConntrack::new();
-        let mut out = Vec::new();
-        for protocol in [6u8, 17] {
-            let flows = ct
-                .flows(crate::model::IpFamily::V6, protocol)
-                .map_err(io::Error::other)?;
-            for f in flows {
-                let (IpAddr::V6(src), IpAddr::V6(dst)) = (f.original.src, f.original.dst) else {
-                    continue;
-                };
-                out.push(ConntrackTuple6 {
-                    src: writes::v6_words(src),
-                    dst: writes::v6_words(dst),
-                    sport: f.original.src_port.to_be(),
-                    dport: f.original.dst_port.to_be(),
-                    proto: protocol,
-                });
-            }
-        }
-        Ok(out)
+        kernel_tuples(crate::model::IpFamily::V6, |f, proto| {
+            let (IpAddr::V6(src), IpAddr::V6(dst)) = (f.original.src, f.original.dst) else {
+                return None;
+            };
+            Some(ConntrackTuple6 {
+                src: writes::v6_words(src),
+                dst: writes::v6_words(dst),
+                sport: f.original.src_port.to_be(),
+                dport: f.original.dst_port.to_be(),
+                proto,
+            })
+        })
     }
+}
+
+/// The kernel's TCP and UDP conntrack entries of `family`, each original tuple turned into
+/// `T` by `tuple` (given the protocol; `None` skips the entry).
+fn kernel_tuples<T>(
+    family: crate::model::IpFamily,
+    tuple: impl Fn(&crate::conntrack::Flow, u8) -> Option<T>,
+) -> io::Result<Vec<T>> {
+    use crate::conntrack::Conntrack as _;
+    let mut ct = crate::conntrack::NetlinkConntrack::new();
+    let mut out = Vec::new();
+    for protocol in [6u8, 17] {
+        let flows = ct.flows(family, protocol).map_err(io::Error::other)?;
+        out.extend(flows.iter().filter_map(|f| tuple(f, protocol)));
+    }
+    Ok(out)
 }
 
 /// A fake conntrack table; each call returns the next snapshot (the last one repeats).
