@@ -15,7 +15,7 @@
 )]
 
 /// Version of the map layout. Stored in [`Meta::layout_version`] of the pinned `META` map.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Slots in every Maglev table (a prime, as Maglev needs). Each backend owns about
 /// `MAGLEV_SIZE / n` slots; 4093 keeps the imbalance under a few percent up to ~100 backends
@@ -42,11 +42,15 @@ pub mod capacity {
     pub const CONNECTIONS: u32 = 524_288;
     /// ClientIP affinity entries.
     pub const AFFINITY: u32 = 65_536;
-    /// Per-service counter slots (slot 0 is "none"), one per counted service port: 16 bytes
-    /// per slot and per CPU, so 512 KiB per CPU.
+    /// Per-service counter slots (slot 0 is "none"), one per counted service port: 24 bytes
+    /// per slot and per CPU, so 768 KiB per CPU.
     pub const SERVICE_STATS: u32 = 32_768;
     /// Entries of `HP_PORTS`, the agent's record of each counted service port.
     pub const PORTS: u32 = SERVICE_STATS;
+    /// Pods of this node the programs can deliver to (`HP_LOCAL_EPS`).
+    pub const LOCAL_ENDPOINTS: u32 = 8_192;
+    /// Interfaces the programs are attached to (`HP_IFACES`).
+    pub const INTERFACES: u32 = 8_192;
 }
 
 /// Which programs consult a service entry.
@@ -76,6 +80,9 @@ pub mod service_flags {
     /// Not accelerated: the programs only count the packet (in the entry's counter slot) and
     /// pass it unchanged to nftables. Such an entry has no backend set.
     pub const COUNT_ONLY: u8 = 2;
+    /// New flows of this (pod-scope, IPv4) entry bypass the node's stack: the programs
+    /// deliver them with a redirect in both directions (see [`super::forwarding`]).
+    pub const REDIRECT: u8 = 4;
 }
 
 /// Values of [`FlowKey::dir`].
@@ -95,6 +102,16 @@ pub mod owner {
 }
 
 /// TCP flag bits as in the TCP header's flags byte (also stored in [`FlowValue::tcp_flags`]).
+/// How a flow's packets reach the other end ([`FlowValue::forwarding`]), fixed when the flow
+/// starts so that both directions always take the same way.
+pub mod forwarding {
+    /// Translated, then handed to the node's stack (routing, conntrack, filter chains).
+    pub const STACK: u8 = 0;
+    /// Translated and redirected by the programs in both directions: the node's stack never
+    /// sees the flow (it is not in conntrack; the connection table is its tracker).
+    pub const REDIRECT: u8 = 1;
+}
+
 pub mod tcp {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
@@ -150,6 +167,32 @@ pub struct ServiceCounter {
     pub seen_packets: u64,
     /// Packets the fast path translated, both directions.
     pub fast_packets: u64,
+    /// Of those, packets the programs delivered themselves (redirect), both directions.
+    pub redirected_packets: u64,
+}
+
+/// Values of `HP_IFACES` (key: an interface index): which of our programs an interface
+/// has, so that a redirect only ever leaves through an interface whose replies come back to
+/// a program (a flow must never be redirected one way only).
+pub mod iface {
+    /// A pod-facing interface (TC ingress and egress).
+    pub const POD: u32 = 1;
+    /// A node interface (XDP, TC egress and the reply program on TC ingress).
+    pub const NODE: u32 = 2;
+}
+
+/// Value of `HP_LOCAL_EPS` (key: a pod address of this node, IPv4, network order): where
+/// the programs deliver a redirected packet for that pod. Written by the agent from the
+/// node's routes and neighbours.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalEndpoint {
+    /// The pod's host-side interface (a veth whose peer is in the pod).
+    pub if_index: u32,
+    /// The pod's own MAC address (all zero: unknown, the destination MAC is left as is).
+    pub pod_mac: [u8; 6],
+    /// The MAC address of the host-side interface (the source of delivered frames).
+    pub host_mac: [u8; 6],
 }
 
 /// Longest service-port name `HP_PORTS` records (longer ones are cut).
@@ -264,7 +307,9 @@ pub struct FlowValue {
     pub owner: u8,
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
-    pub _pad: u16,
+    /// A [`forwarding`] value, the same in both directions of a flow.
+    pub forwarding: u8,
+    pub _pad: u8,
     /// The service's counter slot (0: not counted).
     pub counter: u32,
 }
@@ -340,7 +385,9 @@ pub struct FlowValue6 {
     pub nat: Backend6,
     pub owner: u8,
     pub tcp_flags: u8,
-    pub _pad: u16,
+    /// A [`forwarding`] value (IPv6 flows are always [`forwarding::STACK`] today).
+    pub forwarding: u8,
+    pub _pad: u8,
     pub counter: u32,
     pub _pad2: u32,
 }
@@ -370,7 +417,9 @@ pub struct AffinityValue6 {
 pub struct Meta {
     /// [`LAYOUT_VERSION`] of the agent that created the maps.
     pub layout_version: u32,
-    pub _pad: u32,
+    /// The [`forwarding`] value in force for Services without a forwarding annotation, as
+    /// the agent last decided it (for `status` and `verify` without the agent).
+    pub forwarding: u32,
     /// Generation of the last plan applied to the maps.
     pub generation: u64,
     /// Hash of the eBPF object whose programs are attached.
@@ -419,13 +468,26 @@ pub enum StatIndex {
     ReplyClash = 11,
     /// New flows passed because a backend set was incomplete (never expected).
     NoBackend = 12,
+    /// Packets from clients the programs delivered themselves (redirect forwarding).
+    Redirected = 13,
+    /// Replies the programs translated and delivered themselves at the ingress where they
+    /// entered the node.
+    RedirectedReply = 14,
+    /// Packets of redirect flows handed to the stack because no plain forward was found
+    /// (no route, a tunnel or L3 device, forwarding disabled, TTL expiring).
+    RedirectNoRoute = 15,
+    /// Packets of redirect flows handed to the stack because they exceed the egress MTU
+    /// (the stack then sends ICMP "fragmentation needed" or fragments).
+    RedirectTooBig = 16,
+    /// Every packet the TC program on node interfaces' ingress saw.
+    TcReplySeen = 17,
 }
 
 impl StatIndex {
     /// Number of slots the `STATS` array must hold.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 18;
 
-    pub const ALL: [StatIndex; 13] = [
+    pub const ALL: [StatIndex; 18] = [
         Self::XdpSeen,
         Self::TcIngressSeen,
         Self::TcEgressSeen,
@@ -439,6 +501,11 @@ impl StatIndex {
         Self::FragmentOrOptions,
         Self::ReplyClash,
         Self::NoBackend,
+        Self::Redirected,
+        Self::RedirectedReply,
+        Self::RedirectNoRoute,
+        Self::RedirectTooBig,
+        Self::TcReplySeen,
     ];
 
     /// A short name for status output and metrics labels.
@@ -457,6 +524,11 @@ impl StatIndex {
             Self::FragmentOrOptions => "fragment_or_options",
             Self::ReplyClash => "reply_clash",
             Self::NoBackend => "no_backend",
+            Self::Redirected => "redirected",
+            Self::RedirectedReply => "redirected_reply",
+            Self::RedirectNoRoute => "redirect_no_route",
+            Self::RedirectTooBig => "redirect_too_big",
+            Self::TcReplySeen => "tc_reply_seen",
         }
     }
 }
@@ -476,7 +548,9 @@ pub mod map_names {
     pub const BACKENDS6: &str = "HP_BACKENDS6";
     pub const FLOWS6: &str = "HP_FLOWS6";
     pub const AFFINITY6: &str = "HP_AFFINITY6";
-    pub const ALL: [&str; 13] = [
+    pub const LOCAL_ENDPOINTS: &str = "HP_LOCAL_EPS";
+    pub const INTERFACES: &str = "HP_IFACES";
+    pub const ALL: [&str; 15] = [
         META,
         STATS,
         SERVICES,
@@ -490,6 +564,8 @@ pub mod map_names {
         BACKENDS6,
         FLOWS6,
         AFFINITY6,
+        LOCAL_ENDPOINTS,
+        INTERFACES,
     ];
 }
 
@@ -498,6 +574,8 @@ pub mod program_names {
     pub const XDP: &str = "hp_xdp";
     pub const TC_INGRESS: &str = "hp_tc_ingress";
     pub const TC_EGRESS: &str = "hp_tc_egress";
+    /// TC ingress of node interfaces: replies of redirect flows from other nodes.
+    pub const TC_REPLY: &str = "hp_tc_reply";
 }
 
 #[cfg(feature = "user")]
@@ -524,6 +602,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowValue6 {}
     unsafe impl aya::Pod for super::AffinityKey6 {}
     unsafe impl aya::Pod for super::AffinityValue6 {}
+    unsafe impl aya::Pod for super::LocalEndpoint {}
 }
 
 #[cfg(test)]
@@ -536,7 +615,7 @@ mod tests {
     /// changes the layout, which needs a [`LAYOUT_VERSION`] bump.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(LAYOUT_VERSION, 4, "bump together with the sizes below");
+        assert_eq!(LAYOUT_VERSION, 5, "bump together with the sizes below");
         assert_eq!((size_of::<Counter>(), align_of::<Counter>()), (16, 8));
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (8, 4));
         assert_eq!(
@@ -560,7 +639,11 @@ mod tests {
         assert_eq!((size_of::<Meta>(), align_of::<Meta>()), (24, 8));
         assert_eq!(
             (size_of::<ServiceCounter>(), align_of::<ServiceCounter>()),
-            (16, 8)
+            (24, 8)
+        );
+        assert_eq!(
+            (size_of::<LocalEndpoint>(), align_of::<LocalEndpoint>()),
+            (16, 4)
         );
         assert_eq!(
             (size_of::<PortInfo>(), align_of::<PortInfo>()),
@@ -617,11 +700,12 @@ mod tests {
                 offset_of!(FlowValue6, nat),
                 offset_of!(FlowValue6, owner),
                 offset_of!(FlowValue6, tcp_flags),
+                offset_of!(FlowValue6, forwarding),
                 offset_of!(FlowValue6, _pad),
                 offset_of!(FlowValue6, counter),
                 offset_of!(FlowValue6, _pad2)
             ],
-            [8, 16, 36, 37, 38, 40, 44]
+            [8, 16, 36, 37, 38, 39, 40, 44]
         );
         assert_eq!(
             [

@@ -7,8 +7,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use proxy_common::{
-    BackendKey, FLOW_REFRESH_NS, MAGLEV_SIZE, MaglevKey, ServiceValue, StatIndex, dir, owner,
-    service_flags, tcp,
+    BackendKey, FLOW_REFRESH_NS, MAGLEV_SIZE, MaglevKey, ServiceValue, StatIndex, dir, forwarding,
+    owner, scope as scopes, service_flags, tcp,
 };
 
 use super::{
@@ -101,9 +101,26 @@ fn choose(svc: &ServiceValue, pkt: &Packet, now: u64) -> Option<Backend> {
     Some(backend)
 }
 
+/// A fast-path packet from a client: where it goes and how.
+#[derive(Clone, Copy)]
+#[allow(
+    dead_code,
+    reason = "compiled once per family; IPv6 reads only the backend (never redirected)"
+)]
+pub(crate) struct Verdict {
+    /// The backend to translate to.
+    pub(crate) to: Backend,
+    /// The flow bypasses the stack ([`forwarding::REDIRECT`]).
+    pub(crate) redirect: bool,
+    /// This packet started the flow.
+    pub(crate) new: bool,
+    /// The service port's counter slot.
+    pub(crate) slot: u32,
+}
+
 /// What to do with a packet arriving from a client (pod or external).
 #[inline(always)]
-pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> {
+pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> {
     let key = FlowKey {
         src: pkt.saddr,
         dst: pkt.daddr,
@@ -117,7 +134,8 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> 
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         touch(v, pkt.tcp_flags, now());
         // SAFETY: a live map value.
-        let (owner, nat, slot) = unsafe { ((*v).owner, (*v).nat, (*v).counter) };
+        let (owner, nat, slot, fwd) =
+            unsafe { ((*v).owner, (*v).nat, (*v).counter, (*v).forwarding) };
         if owner != owner::FAST {
             count(StatIndex::NftablesOwned, bytes);
             count_service(slot, true, false);
@@ -125,7 +143,12 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> 
         }
         count(StatIndex::FlowHit, bytes);
         count_service(slot, true, true);
-        return Some(nat);
+        return Some(Verdict {
+            to: nat,
+            redirect: fwd == forwarding::REDIRECT,
+            new: false,
+            slot,
+        });
     }
     let svc = SERVICES.get_ptr(ServiceKey {
         addr: pkt.daddr,
@@ -156,7 +179,20 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Backend> 
         count(StatIndex::Hairpin, bytes);
         return None;
     }
-    record(key, pkt, &svc, backend, now, bytes)
+    // Only pod traffic is redirected (north-south flows go through the stack), and only
+    // where the agent said so for this service port.
+    let fwd = if scope == scopes::POD && svc.flags & service_flags::REDIRECT != 0 {
+        forwarding::REDIRECT
+    } else {
+        forwarding::STACK
+    };
+    let to = record(key, pkt, &svc, backend, fwd, now, bytes)?;
+    Some(Verdict {
+        to: to.0,
+        redirect: to.1 == forwarding::REDIRECT,
+        new: true,
+        slot: svc.counter,
+    })
 }
 
 /// Records a new fast-path flow (reply entry first, so that a reply never finds the flow
@@ -167,9 +203,10 @@ fn record(
     pkt: &Packet,
     svc: &ServiceValue,
     backend: Backend,
+    fwd: u8,
     now: u64,
     bytes: usize,
-) -> Option<Backend> {
+) -> Option<(Backend, u8)> {
     let rkey = FlowKey {
         src: backend.addr,
         dst: pkt.saddr,
@@ -190,6 +227,7 @@ fn record(
         nat: service,
         owner: owner::FAST,
         tcp_flags: 0,
+        forwarding: fwd,
         counter: svc.counter,
         ..FlowValue::default()
     };
@@ -214,6 +252,7 @@ fn record(
         nat: backend,
         owner: owner::FAST,
         tcp_flags: pkt.tcp_flags,
+        forwarding: fwd,
         counter: svc.counter,
         ..FlowValue::default()
     };
@@ -222,8 +261,8 @@ fn record(
             // Another CPU started the same flow a moment ago: follow its choice.
             let v = FLOWS.get_ptr(key)?;
             // SAFETY: a live map value.
-            let (owner, nat) = unsafe { ((*v).owner, (*v).nat) };
-            return (owner == owner::FAST).then_some(nat);
+            let (owner, nat, fwd) = unsafe { ((*v).owner, (*v).nat, (*v).forwarding) };
+            return (owner == owner::FAST).then_some((nat, fwd));
         }
         let _ = FLOWS.remove(rkey);
         count(StatIndex::TableFull, bytes);
@@ -231,12 +270,50 @@ fn record(
     }
     count(StatIndex::NewFlow, bytes);
     count_service(svc.counter, false, true);
-    Some(backend)
+    Some((backend, fwd))
 }
 
-/// The service address to restore on a reply of a fast-path flow.
+/// Puts a flow that was just recorded for redirect on the stack instead, both directions:
+/// its first packet found no plain forward, and a flow must never be redirected one way only.
 #[inline(always)]
-pub(crate) fn reply(pkt: &Packet, bytes: usize) -> Option<Backend> {
+#[allow(
+    dead_code,
+    reason = "compiled once per family; IPv6 flows are never redirected"
+)]
+pub(crate) fn fall_back_to_stack(pkt: &Packet, to: &Backend) {
+    let keys = [
+        FlowKey {
+            src: pkt.saddr,
+            dst: pkt.daddr,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            proto: pkt.proto,
+            dir: dir::FORWARD,
+            _pad: 0,
+        },
+        FlowKey {
+            src: to.addr,
+            dst: pkt.saddr,
+            sport: to.port,
+            dport: pkt.sport,
+            proto: pkt.proto,
+            dir: dir::REPLY,
+            _pad: 0,
+        },
+    ];
+    for key in keys {
+        if let Some(v) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a live map value; a one-byte store.
+            unsafe { (*v).forwarding = forwarding::STACK };
+        }
+    }
+}
+
+/// The service address to restore on a reply of a fast-path flow, and the flow's counter
+/// slot. `at_ingress`: the reply is entering the node, where only redirect flows are
+/// handled (the others are translated at egress, after the stack routed them).
+#[inline(always)]
+pub(crate) fn reply(pkt: &Packet, bytes: usize, at_ingress: bool) -> Option<(Backend, u32)> {
     let key = FlowKey {
         src: pkt.saddr,
         dst: pkt.daddr,
@@ -247,13 +324,13 @@ pub(crate) fn reply(pkt: &Packet, bytes: usize) -> Option<Backend> {
         _pad: 0,
     };
     let v = FLOWS.get_ptr_mut(key)?;
-    touch(v, pkt.tcp_flags, now());
     // SAFETY: a live map value.
-    let (owner, nat, slot) = unsafe { ((*v).owner, (*v).nat, (*v).counter) };
-    if owner != owner::FAST {
+    let (owner, nat, slot, fwd) = unsafe { ((*v).owner, (*v).nat, (*v).counter, (*v).forwarding) };
+    if owner != owner::FAST || (at_ingress && fwd != forwarding::REDIRECT) {
         return None;
     }
+    touch(v, pkt.tcp_flags, now());
     count(StatIndex::ReplyTranslated, bytes);
     count_service(slot, false, true);
-    Some(nat)
+    Some((nat, slot))
 }

@@ -57,8 +57,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey,
-    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, MaglevKey, MaglevValue, Meta, PortInfo,
-    ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, capacity, scope,
+    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, LocalEndpoint, MaglevKey, MaglevValue, Meta,
+    PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, capacity, scope,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -138,6 +138,19 @@ static SERVICE_STATS: PerCpuArray<ServiceCounter> =
 static PORTS: HashMap<u64, PortInfo> =
     HashMap::with_max_entries(capacity::PORTS, BPF_F_NO_PREALLOC);
 
+/// This node's pods (IPv4 address, network order) and where to deliver to them: the
+/// agent writes it from the node's routes and neighbours. A redirected packet for an
+/// address not here takes the FIB's route.
+#[map(name = "HP_LOCAL_EPS")]
+static LOCAL_ENDPOINTS: HashMap<u32, LocalEndpoint> =
+    HashMap::with_max_entries(capacity::LOCAL_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+/// The interfaces our programs are attached to ([`proxy_common::iface`] values), written by
+/// the agent: a redirect leaves only through one of them, so its replies meet a program.
+#[map(name = "HP_IFACES")]
+static INTERFACES: HashMap<u32, u32> =
+    HashMap::with_max_entries(capacity::INTERFACES, BPF_F_NO_PREALLOC);
+
 // ---------------------------------------------------------------------------------------------
 // Packet layout.
 
@@ -201,6 +214,30 @@ fn count_service(slot: u32, seen: bool, fast: bool) {
     }
 }
 
+/// Counts a packet of a service port the programs delivered themselves.
+#[inline(always)]
+fn count_redirect(slot: u32) {
+    if slot == 0 {
+        return;
+    }
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own copy of a per-CPU array value.
+        unsafe { (*c).redirected_packets += 1 };
+    }
+}
+
+/// Counts why a packet of a redirect flow went to the stack.
+#[inline(always)]
+fn count_no_redirect(why: v4::NoRedirect, bytes: usize) {
+    count(
+        match why {
+            v4::NoRedirect::NoRoute => StatIndex::RedirectNoRoute,
+            v4::NoRedirect::TooBig => StatIndex::RedirectTooBig,
+        },
+        bytes,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hashing (the families mix their addresses in with these).
 
@@ -257,13 +294,13 @@ pub fn hp_xdp(ctx: XdpContext) -> u32 {
     count(StatIndex::XdpSeen, bytes);
     // IPv4 first, exactly as before IPv6 was handled; IPv6 only once IPv4 declined.
     if let Some(pkt) = v4::parse(data, end) {
-        if let Some(to) = v4::forward(&pkt, scope::EXTERNAL, bytes) {
-            let _ = v4::xdp_dnat(data, end, &pkt, &to);
+        if let Some(v) = v4::forward(&pkt, scope::EXTERNAL, bytes) {
+            let _ = v4::xdp_dnat(data, end, &pkt, &v.to);
         }
     } else if let Some(pkt) = v6::parse(data, end)
-        && let Some(to) = v6::forward(&pkt, scope::EXTERNAL, bytes)
+        && let Some(v) = v6::forward(&pkt, scope::EXTERNAL, bytes)
     {
-        let _ = v6::xdp_dnat(data, end, &pkt, &to);
+        let _ = v6::xdp_dnat(data, end, &pkt, &v.to);
     }
     xdp_action::XDP_PASS
 }
@@ -273,13 +310,83 @@ pub fn hp_tc_ingress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as usize;
     count(StatIndex::TcIngressSeen, bytes);
     if let Some(pkt) = v4::tc_headers(&ctx) {
-        if let Some(to) = v4::forward(&pkt, scope::POD, bytes) {
-            let _ = v4::tc_rewrite(&ctx, &pkt, false, pkt.daddr, pkt.dport, &to);
+        if let Some(v) = v4::forward(&pkt, scope::POD, bytes) {
+            if v4::tc_rewrite(&ctx, &pkt, false, pkt.daddr, pkt.dport, &v.to).is_ok() && v.redirect
+            {
+                return deliver_forward(&ctx, &pkt, &v, bytes);
+            }
+        } else if let Some(action) = deliver_reply(&ctx, &pkt, bytes) {
+            // A reply of a redirect flow from a backend pod of this node.
+            return action;
         }
     } else if let Some(pkt) = v6::tc_headers(&ctx)
-        && let Some(to) = v6::forward(&pkt, scope::POD, bytes)
+        && let Some(v) = v6::forward(&pkt, scope::POD, bytes)
     {
-        let _ = v6::tc_rewrite(&ctx, &pkt, false, &pkt.daddr, pkt.dport, &to);
+        let _ = v6::tc_rewrite(&ctx, &pkt, false, &pkt.daddr, pkt.dport, &v.to);
+    }
+    TC_ACT_PIPE
+}
+
+/// Delivers a client's translated packet of a redirect flow, or leaves it to the stack
+/// (a new flow then stays on the stack in both directions).
+#[inline(always)]
+fn deliver_forward(ctx: &TcContext, pkt: &v4::Packet, v: &v4::Verdict, bytes: usize) -> i32 {
+    let translated = v4::Packet {
+        daddr: v.to.addr,
+        dport: v.to.port,
+        ..*pkt
+    };
+    match v4::redirect(ctx, &translated, v.to.addr) {
+        Ok(action) => {
+            count(StatIndex::Redirected, bytes);
+            count_redirect(v.slot);
+            action
+        }
+        Err(why) => {
+            count_no_redirect(why, bytes);
+            if v.new {
+                v4::fall_back_to_stack(pkt, &v.to);
+            }
+            TC_ACT_PIPE
+        }
+    }
+}
+
+/// A reply of a redirect flow entering the node: translated back to the service address
+/// and delivered to the client; `None` when the packet is no such reply (or must take the
+/// stack, translated).
+#[inline(always)]
+fn deliver_reply(ctx: &TcContext, pkt: &v4::Packet, bytes: usize) -> Option<i32> {
+    let (service, slot) = v4::reply(pkt, bytes, true)?;
+    v4::tc_rewrite(ctx, pkt, true, pkt.saddr, pkt.sport, &service).ok()?;
+    let translated = v4::Packet {
+        saddr: service.addr,
+        sport: service.port,
+        ..*pkt
+    };
+    match v4::redirect(ctx, &translated, pkt.daddr) {
+        Ok(action) => {
+            count(StatIndex::RedirectedReply, bytes);
+            count_redirect(slot);
+            Some(action)
+        }
+        Err(why) => {
+            count_no_redirect(why, bytes);
+            None
+        }
+    }
+}
+
+/// TC ingress of node interfaces: replies of redirect flows whose backend is on another
+/// node. Everything else passes (XDP already handled what comes from outside).
+#[classifier]
+pub fn hp_tc_reply(ctx: TcContext) -> i32 {
+    let bytes = ctx.len() as usize;
+    count(StatIndex::TcReplySeen, bytes);
+    if let Some(pkt) = v4::tc_headers(&ctx)
+        && let Some(action) = deliver_reply(&ctx, &pkt, bytes)
+    {
+        return action;
     }
     TC_ACT_PIPE
 }
@@ -289,11 +396,11 @@ pub fn hp_tc_egress(ctx: TcContext) -> i32 {
     let bytes = ctx.len() as usize;
     count(StatIndex::TcEgressSeen, bytes);
     if let Some(pkt) = v4::tc_headers(&ctx) {
-        if let Some(to) = v4::reply(&pkt, bytes) {
+        if let Some((to, _)) = v4::reply(&pkt, bytes, false) {
             let _ = v4::tc_rewrite(&ctx, &pkt, true, pkt.saddr, pkt.sport, &to);
         }
     } else if let Some(pkt) = v6::tc_headers(&ctx)
-        && let Some(to) = v6::reply(&pkt, bytes)
+        && let Some((to, _)) = v6::reply(&pkt, bytes, false)
     {
         let _ = v6::tc_rewrite(&ctx, &pkt, true, &pkt.saddr, pkt.sport, &to);
     }

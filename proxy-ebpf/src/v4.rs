@@ -2,7 +2,11 @@
 //! the shared connection-table logic (`flow.rs`) uses.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    EbpfContext as _,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT},
+    helpers::generated::{
+        bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+    },
     programs::TcContext,
 };
 use proxy_common::{
@@ -10,14 +14,15 @@ use proxy_common::{
 };
 
 use crate::{
-    AFFINITY, BACKENDS, ETH_HLEN, EthHdr, FLOWS, IPPROTO_TCP, IPPROTO_UDP, SERVICES, TCP_HLEN,
-    UDP_HLEN, count, csum_replace2, csum_replace4, finish, mix,
+    AFFINITY, BACKENDS, ETH_HLEN, EthHdr, FLOWS, INTERFACES, IPPROTO_TCP, IPPROTO_UDP,
+    LOCAL_ENDPOINTS, SERVICES, TCP_HLEN, UDP_HLEN, count, csum_replace2, csum_replace4, finish,
+    mix,
 };
 
 #[expect(clippy::duplicate_mod, reason = "compiled once per family on purpose")]
 #[path = "flow.rs"]
 mod flow;
-pub(crate) use flow::{forward, reply};
+pub(crate) use flow::{Verdict, fall_back_to_stack, forward, reply};
 
 pub(crate) const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const IP_HLEN: usize = 20;
@@ -220,4 +225,142 @@ pub(crate) fn tc_headers(ctx: &TcContext) -> Option<Packet> {
         let _ = ctx.pull_data(want.min(len) as u32);
     }
     parse(ctx.data(), ctx.data_end())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery without the node's stack (redirect forwarding).
+
+const AF_INET: u8 = 2;
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+const TTL_OFF: usize = ETH_HLEN + 8;
+
+/// The kernel's `struct bpf_fib_lookup` (64 bytes), IPv4 fields named: the generated binding
+/// spreads it over anonymous unions.
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// In: length to check the MTU against (0: no check). Out: the MTU.
+    tot_len: u16,
+    /// In: the ingress interface. Out: the egress interface.
+    ifindex: u32,
+    tos: u32,
+    src: [u32; 4],
+    dst: [u32; 4],
+    vlan: u32,
+    /// In: `mark` in the first four bytes (0). Out: the source and destination MACs.
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// Why a packet of a redirect flow goes to the stack instead.
+#[derive(Clone, Copy)]
+pub(crate) enum NoRedirect {
+    /// No plain L2 forward (no route, local, tunnel or L3 device, TTL expiring, ...).
+    NoRoute,
+    /// Larger than the egress MTU: the stack sends ICMP or fragments.
+    TooBig,
+}
+
+/// Decrements the TTL of the (already translated) IPv4 packet and writes the MACs, when
+/// given (`(source, destination)`; a destination all zero is kept).
+#[inline(always)]
+fn prepare(ctx: &TcContext, macs: Option<(&[u8; 6], &[u8; 6])>) -> Result<(), NoRedirect> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + L4_OFF > end {
+        return Err(NoRedirect::NoRoute);
+    }
+    // SAFETY: the check above covers the Ethernet and IPv4 headers.
+    unsafe {
+        let eth = data as *mut EthHdr;
+        let ip = (data + ETH_HLEN) as *mut Ipv4Hdr;
+        let ttl = (*ip).ttl;
+        if ttl <= 1 {
+            // The stack answers with ICMP time exceeded.
+            return Err(NoRedirect::NoRoute);
+        }
+        let word = (data + TTL_OFF) as *const u16;
+        let old = *word;
+        (*ip).ttl = ttl - 1;
+        (*ip).check = csum_replace2((*ip).check, old, *word);
+        if let Some((src, dst)) = macs {
+            if dst.iter().any(|b| *b != 0) {
+                (*eth).dst = *dst;
+            }
+            (*eth).src = *src;
+        }
+    }
+    Ok(())
+}
+
+/// Delivers the translated packet to `daddr` without the node's stack: into a local pod's
+/// namespace (`bpf_redirect_peer`), or out of the interface the FIB names with the next
+/// hop's MAC (`bpf_redirect`, `bpf_redirect_neigh` while the neighbour is unresolved).
+/// Returns the TC action; an error leaves the packet for the stack.
+#[inline(always)]
+pub(crate) fn redirect(ctx: &TcContext, pkt: &Packet, daddr: Addr) -> Result<i32, NoRedirect> {
+    if let Some(ep) = LOCAL_ENDPOINTS.get_ptr(daddr) {
+        // SAFETY: a live map value, copied at once.
+        let ep = unsafe { *ep };
+        prepare(ctx, Some((&ep.host_mac, &ep.pod_mac)))?;
+        // SAFETY: a helper taking plain values.
+        let action = unsafe { bpf_redirect_peer(ep.if_index, 0) };
+        #[expect(clippy::cast_possible_truncation, reason = "a TC action")]
+        return Ok(action as i32);
+    }
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let if_index = unsafe { (*ctx.skb.skb).ifindex };
+    let mut fib = FibParams {
+        family: AF_INET,
+        l4_protocol: pkt.proto,
+        sport: 0,
+        dport: 0,
+        tot_len: 0,
+        ifindex: if_index,
+        tos: 0,
+        src: [pkt.saddr, 0, 0, 0],
+        dst: [daddr, 0, 0, 0],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "64 bytes"
+    )]
+    let size = size_of::<FibParams>() as i32;
+    // SAFETY: `fib` is a `struct bpf_fib_lookup` of the size given.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), (&raw mut fib).cast(), size, 0) };
+    if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
+        return Err(NoRedirect::NoRoute);
+    }
+    // Only out of an interface of ours: the replies must meet a program where they enter
+    // (anything else, a tunnel or an unlisted uplink, is the stack's).
+    if INTERFACES.get_ptr(fib.ifindex).is_none() {
+        return Err(NoRedirect::NoRoute);
+    }
+    let mut mtu_len = 0u32;
+    // SAFETY: the context and a local out-parameter.
+    if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &raw mut mtu_len, 0, 0) } != 0 {
+        return Err(NoRedirect::TooBig);
+    }
+    let action = if rc == FIB_SUCCESS {
+        prepare(ctx, Some((&fib.smac, &fib.dmac)))?;
+        // SAFETY: a helper taking plain values.
+        unsafe { bpf_redirect(fib.ifindex, 0) }
+    } else {
+        // The kernel writes the Ethernet header once it resolved the neighbour.
+        prepare(ctx, None)?;
+        // SAFETY: without parameters the helper resolves the next hop itself.
+        unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) }
+    };
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return Err(NoRedirect::NoRoute);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "a TC action")]
+    Ok(action as i32)
 }

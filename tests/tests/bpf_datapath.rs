@@ -531,7 +531,10 @@ fn backend_set_changes_flip_revisions_whole() {
         };
         let p = plan(vec![web("UDP")], vec![web_slice("UDP", endpoints)]);
         let ports = proxy_agent::bpf::eligibility::decide(&p, AccelerationMode::All);
-        let desired = proxy_agent::bpf::writes::desired(&ports);
+        let desired = proxy_agent::bpf::writes::desired(
+            &ports,
+            &proxy_agent::bpf::forwarding::Forwarding::stack(),
+        );
         let mirror = proxy_agent::bpf::store::read_service_maps(&t.dp.maps).unwrap();
         let (writes, _) = proxy_agent::bpf::writes::plan_writes(&mirror, &desired, 1);
         for i in 0..writes.writes.len() {

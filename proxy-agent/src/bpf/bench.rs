@@ -157,6 +157,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                     affinity_timeout: None,
                     protocol: Protocol::Udp,
                     count_only: false,
+                    redirect: false,
                 },
             );
         }
@@ -197,6 +198,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                 affinity_timeout: None,
                 protocol: Protocol::Udp,
                 count_only: true,
+                redirect: false,
             },
         );
     }

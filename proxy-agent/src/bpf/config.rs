@@ -131,6 +131,8 @@ pub struct FastPathConfig {
     pub flow_entries: u32,
     pub flow_timeouts: FlowTimeouts,
     pub auto: AutoThresholds,
+    /// How accelerated pod flows are forwarded (`acceleration.forwarding`).
+    pub forwarding: super::forwarding::ForwardingMode,
 }
 
 impl Default for FastPathConfig {
@@ -144,6 +146,7 @@ impl Default for FastPathConfig {
             flow_entries: proxy_common::capacity::CONNECTIONS,
             flow_timeouts: FlowTimeouts::default(),
             auto: AutoThresholds::default(),
+            forwarding: super::forwarding::ForwardingMode::default(),
         }
     }
 }

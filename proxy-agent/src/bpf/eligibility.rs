@@ -205,6 +205,8 @@ pub struct PortEligibility {
     pub affinity_timeout: Option<u32>,
     /// Annotated `hybrid-proxy.io/acceleration`.
     pub annotation: AccelerationAnnotation,
+    /// Annotated `hybrid-proxy.io/forwarding`.
+    pub forwarding: crate::model::ForwardingAnnotation,
     pub pods: Decision,
     pub external: Decision,
     pub counted: Counted,
@@ -408,6 +410,7 @@ fn decide_port(
         family: fam.family,
         affinity_timeout: port.affinity_timeout,
         annotation: svc.acceleration,
+        forwarding: svc.forwarding,
         pods: Err(Reason::ModeOff),
         external: Err(Reason::ModeOff),
         counted: Counted::default(),

@@ -9,17 +9,19 @@ use std::{
 };
 
 use ipnet::{IpNet, Ipv4Net};
-use proxy_common::{LAYOUT_VERSION, Meta, StatIndex, service_flags};
+use proxy_common::{LAYOUT_VERSION, Meta, StatIndex, iface, service_flags};
 
 use super::{
     config::{AccelerationMode, AutoThresholds, FastPathConfig, PodInterfaces},
     eligibility::PortEligibility,
+    forwarding::{self, Facts, Forwarding},
     kernel::{self, Attachment, Datapath, Hook},
     netlink,
     object::{BpfError, embedded_object},
     policy::{AutoPolicy, Capacity, Changes},
     reconcile::{self, ApplyReport, Counters, GcReport, KernelConntrack, Syncer},
     store::{self, MapStore as _},
+    table,
 };
 use crate::plan::{ProxyPlan, ServicePortId};
 
@@ -43,6 +45,8 @@ pub struct FastPath {
     policy: AutoPolicy,
     /// Entries of the connection table at the last garbage collection.
     flows_at_gc: Option<usize>,
+    /// Pods of this node the programs deliver to (`HP_LOCAL_EPS`), at the last refresh.
+    local_endpoints: usize,
 }
 
 /// What one [`FastPath::observe`] did.
@@ -90,6 +94,7 @@ pub struct FastPathGauges {
     pub interface_errors: usize,
     /// `auto`: hot ports held back because the fast path is full.
     pub held_for_capacity: usize,
+    pub forwarding: Forwarding,
 }
 
 /// What [`FastPath::sync_interfaces`] changed.
@@ -117,6 +122,10 @@ pub struct FastPathStatus {
     pub flows: usize,
     /// Capacity of each family's connection table.
     pub flow_capacity: u32,
+    /// How new pod flows of unannotated Services are forwarded, and why.
+    pub forwarding: Forwarding,
+    /// Pods of this node the programs can deliver to.
+    pub local_endpoints: usize,
 }
 
 impl fmt::Display for FastPathStatus {
@@ -133,6 +142,11 @@ impl fmt::Display for FastPathStatus {
         if let Some(r) = &self.rebuilt {
             writeln!(f, "  rebuilt at start: {r}")?;
         }
+        writeln!(
+            f,
+            "  forwarding: {} ({} local pods known)",
+            self.forwarding, self.local_endpoints
+        )?;
         for a in &self.attachments {
             writeln!(f, "  attached: {a}")?;
         }
@@ -143,8 +157,8 @@ impl fmt::Display for FastPathStatus {
             let c = self.counters.service(p.id);
             write!(
                 f,
-                "  {p} [{} packets seen, {} on the fast path",
-                c.seen_packets, c.fast_packets
+                "  {p} [{} packets seen, {} on the fast path, {} redirected",
+                c.seen_packets, c.fast_packets, c.redirected_packets
             )?;
             if let Some(r) = self.rates.get(&p.id) {
                 write!(f, ", {r:.0} pps")?;
@@ -258,7 +272,7 @@ impl FastPath {
         let old = datapath.maps.meta()?;
         datapath.maps.set_meta(Meta {
             layout_version: LAYOUT_VERSION,
-            _pad: 0,
+            forwarding: old.forwarding,
             generation: old.generation,
             object_hash: kernel::object_hash(object),
         })?;
@@ -273,11 +287,14 @@ impl FastPath {
             adopted,
             policy,
             flows_at_gc: None,
+            local_endpoints: 0,
         };
+        fp.recheck_forwarding();
         // Egress before ingress everywhere: an interface must never translate a client's
-        // packets without being able to translate the replies.
+        // packets without being able to translate the replies (the reply hook goes first on
+        // node interfaces: it serves the replies of redirect flows).
         for iface in &config.node_interfaces {
-            for hook in [Hook::TcEgress, Hook::Xdp] {
+            for hook in [Hook::TcReply, Hook::TcEgress, Hook::Xdp] {
                 let a = fp
                     .datapath
                     .attach(iface, hook, config.xdp_mode, Some(pin))?;
@@ -356,7 +373,84 @@ impl FastPath {
             }
         }
         self.attachments.sort();
+        self.refresh_local_endpoints()?;
         Ok(changes)
+    }
+
+    /// Rewrites `HP_LOCAL_EPS` from the node's host routes through the attached pod
+    /// interfaces, their MACs and the pods' (from the neighbour table).
+    pub fn refresh_local_endpoints(&mut self) -> Result<usize, BpfError> {
+        let io = |source| BpfError::Io {
+            what: "reading routes, links and neighbours",
+            source,
+        };
+        let pod_ifs: BTreeSet<u32> = self
+            .attachments
+            .iter()
+            .filter(|a| a.hook == Hook::TcIngress)
+            .map(|a| a.if_index)
+            .collect();
+        let want = forwarding::local_endpoints(
+            &netlink::ipv4_routes().map_err(io)?,
+            &netlink::link_macs().map_err(io)?,
+            &netlink::ipv4_neighbours().map_err(io)?,
+            &pod_ifs,
+        );
+        table::converge(&mut self.datapath.maps.local_endpoints, &want).map_err(BpfError::Store)?;
+        let mut interfaces: BTreeMap<u32, u32> = BTreeMap::new();
+        for a in &self.attachments {
+            match a.hook {
+                Hook::TcIngress => *interfaces.entry(a.if_index).or_default() |= iface::POD,
+                Hook::TcReply => *interfaces.entry(a.if_index).or_default() |= iface::NODE,
+                Hook::Xdp | Hook::TcEgress => {}
+            }
+        }
+        table::converge(&mut self.datapath.maps.interfaces, &interfaces)
+            .map_err(BpfError::Store)?;
+        self.local_endpoints = want.len();
+        Ok(want.len())
+    }
+
+    /// Decides the node's forwarding again (in `auto`, from what the node has now). Returns
+    /// whether it changed; the caller then re-applies the plan so that new flows follow it
+    /// (flows already started keep theirs). A change is logged once, with its reason.
+    pub fn recheck_forwarding(&mut self) -> bool {
+        let pod_ifs: Vec<String> = self
+            .attachments
+            .iter()
+            .filter(|a| a.hook == Hook::TcIngress)
+            .map(|a| a.interface.clone())
+            .collect();
+        let next = Forwarding::decide(self.config.forwarding, || Facts::read(&pod_ifs));
+        if next == self.syncer.forwarding {
+            return false;
+        }
+        if let Some(reason) = &next.reason {
+            tracing::warn!(
+                forwarding = next.effective(),
+                configured = %next.configured,
+                %reason,
+                "accelerated pod flows go through the node's stack"
+            );
+        } else {
+            tracing::info!(
+                forwarding = next.effective(),
+                configured = %next.configured,
+                "accelerated pod flows {}",
+                if next.redirect {
+                    "bypass the node's stack (redirect)"
+                } else {
+                    "go through the node's stack"
+                }
+            );
+        }
+        self.syncer.forwarding = next;
+        true
+    }
+
+    /// How new pod flows of unannotated Services are forwarded.
+    pub fn forwarding(&self) -> &Forwarding {
+        &self.syncer.forwarding
     }
 
     /// Programs the maps for `plan` (after nftables applied the same plan), tagged with
@@ -466,13 +560,18 @@ impl FastPath {
                 .values()
                 .filter(|r| **r == super::Reason::Capacity)
                 .count(),
+            forwarding: self.syncer.forwarding.clone(),
         })
     }
 
     /// Removes flows idle longer than the configured timeouts. Run it periodically (the
     /// connection table is not an LRU: nothing else removes ended flows; a full table sends
-    /// new flows to nftables).
+    /// new flows to nftables). Also refreshes the local endpoints (pods' MACs resolve after
+    /// the fact); [`FastPath::recheck_forwarding`] is the caller's to run alongside.
     pub fn collect_garbage(&mut self) -> Result<GcReport, BpfError> {
+        if let Err(e) = self.refresh_local_endpoints() {
+            tracing::debug!(error = %e, "refreshing local endpoints failed");
+        }
         let report = reconcile::collect_garbage(
             &mut self.datapath.maps,
             &self.config.flow_timeouts,
@@ -503,6 +602,8 @@ impl FastPath {
                 .collect(),
             flows: maps.flows()?.len() + maps.flows6()?.len(),
             flow_capacity: maps.flow_capacity(),
+            forwarding: self.syncer.forwarding.clone(),
+            local_endpoints: self.local_endpoints,
         })
     }
 

@@ -20,15 +20,16 @@ use aya::{
 };
 use proxy_common::{
     AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey,
-    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, LAYOUT_VERSION, MaglevKey, MaglevValue,
-    Meta, PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, map_names,
-    program_names,
+    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, LAYOUT_VERSION, LocalEndpoint, MaglevKey,
+    MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex,
+    map_names, program_names,
 };
 
 use super::{
     config::XdpAttachMode,
     object::BpfError,
     store::{MapStore, StoreError},
+    table::KernelTable,
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -48,6 +49,10 @@ pub struct KernelMaps {
     backends6: HashMap<MapData, BackendKey, Backend6>,
     flows6: HashMap<MapData, FlowKey6, FlowValue6>,
     affinity6: HashMap<MapData, AffinityKey6, AffinityValue6>,
+    /// `HP_LOCAL_EPS`: this node's pods, for redirect delivery.
+    pub local_endpoints: KernelTable<u32, LocalEndpoint>,
+    /// `HP_IFACES`: the interfaces our programs are attached to.
+    pub interfaces: KernelTable<u32, u32>,
     nr_cpus: usize,
     flow_capacity: u32,
 }
@@ -85,6 +90,7 @@ fn sum_service(values: &PerCpuValues<ServiceCounter>) -> ServiceCounter {
         .fold(ServiceCounter::default(), |a, c| ServiceCounter {
             seen_packets: a.seen_packets + c.seen_packets,
             fast_packets: a.fast_packets + c.fast_packets,
+            redirected_packets: a.redirected_packets + c.redirected_packets,
         })
 }
 
@@ -123,6 +129,11 @@ impl KernelMaps {
             backends6: typed(ebpf, map_names::BACKENDS6)?,
             flows6: typed(ebpf, map_names::FLOWS6)?,
             affinity6: typed(ebpf, map_names::AFFINITY6)?,
+            local_endpoints: KernelTable::new(
+                "local endpoints",
+                typed(ebpf, map_names::LOCAL_ENDPOINTS)?,
+            ),
+            interfaces: KernelTable::new("interfaces", typed(ebpf, map_names::INTERFACES)?),
             nr_cpus: nr_cpus()?,
             flow_capacity,
         })
@@ -149,6 +160,14 @@ impl KernelMaps {
             backends6: from_pin(pin, map_names::BACKENDS6, Map::HashMap)?,
             flows6: from_pin(pin, map_names::FLOWS6, Map::HashMap)?,
             affinity6: from_pin(pin, map_names::AFFINITY6, Map::LruHashMap)?,
+            local_endpoints: KernelTable::new(
+                "local endpoints",
+                from_pin(pin, map_names::LOCAL_ENDPOINTS, Map::HashMap)?,
+            ),
+            interfaces: KernelTable::new(
+                "interfaces",
+                from_pin(pin, map_names::INTERFACES, Map::HashMap)?,
+            ),
             nr_cpus: nr_cpus()?,
             flow_capacity,
         })
@@ -394,7 +413,11 @@ impl Datapath {
         loader.map_max_entries(map_names::FLOWS, flow_entries);
         loader.map_max_entries(map_names::FLOWS6, flow_entries);
         let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
-        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+        for name in [
+            program_names::TC_INGRESS,
+            program_names::TC_EGRESS,
+            program_names::TC_REPLY,
+        ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| BpfError::Program { name, source })?;
@@ -492,6 +515,8 @@ pub enum Hook {
     Xdp,
     TcIngress,
     TcEgress,
+    /// TC ingress of a node interface: replies of redirect flows from other nodes.
+    TcReply,
 }
 
 /// How a program is attached.
@@ -531,6 +556,7 @@ impl std::fmt::Display for Attachment {
             Hook::Xdp => "xdp",
             Hook::TcIngress => "tc ingress",
             Hook::TcEgress => "tc egress",
+            Hook::TcReply => "tc ingress (replies)",
         };
         write!(f, "{} {hook} ({})", self.interface, self.mode)
     }
@@ -542,6 +568,7 @@ fn link_file(hook: Hook, mode: AttachMode, interface: &str, if_index: u32) -> St
         (Hook::Xdp, _) => "xdp-drv",
         (Hook::TcIngress, _) => "tcx-ingress",
         (Hook::TcEgress, _) => "tcx-egress",
+        (Hook::TcReply, _) => "tcx-reply",
     };
     format!("{kind}@{interface}#{if_index}")
 }
@@ -555,6 +582,7 @@ fn parse_link_file(name: &str) -> Option<Attachment> {
         "xdp-drv" => (Hook::Xdp, AttachMode::XdpNative),
         "tcx-ingress" => (Hook::TcIngress, AttachMode::Tcx),
         "tcx-egress" => (Hook::TcEgress, AttachMode::Tcx),
+        "tcx-reply" => (Hook::TcReply, AttachMode::Tcx),
         _ => return None,
     };
     Some(Attachment {
@@ -623,7 +651,7 @@ impl Datapath {
         });
         match hook {
             Hook::Xdp => self.attach_xdp(interface, if_index, xdp_mode, pin, existing),
-            Hook::TcIngress | Hook::TcEgress => {
+            Hook::TcIngress | Hook::TcEgress | Hook::TcReply => {
                 self.attach_tc(interface, if_index, hook, pin, existing)
             }
         }
@@ -697,10 +725,10 @@ impl Datapath {
         pin: Option<&Path>,
         existing: Option<(Attachment, PathBuf)>,
     ) -> Result<Attachment, BpfError> {
-        let (name, attach_type) = if hook == Hook::TcIngress {
-            (program_names::TC_INGRESS, TcAttachType::Ingress)
-        } else {
-            (program_names::TC_EGRESS, TcAttachType::Egress)
+        let (name, attach_type) = match hook {
+            Hook::TcIngress => (program_names::TC_INGRESS, TcAttachType::Ingress),
+            Hook::TcReply => (program_names::TC_REPLY, TcAttachType::Ingress),
+            _ => (program_names::TC_EGRESS, TcAttachType::Egress),
         };
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         if let Some((attachment, path)) = existing {

@@ -93,6 +93,7 @@ pub mod bench;
 pub mod config;
 pub mod eligibility;
 pub mod fastpath;
+pub mod forwarding;
 pub mod inspect;
 pub mod kernel;
 pub mod maglev;
@@ -101,6 +102,7 @@ pub mod object;
 pub mod policy;
 pub mod reconcile;
 pub mod store;
+pub mod table;
 pub mod verify;
 pub mod writes;
 

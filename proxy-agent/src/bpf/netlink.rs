@@ -294,3 +294,80 @@ pub fn if_index(name: &str) -> Option<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
 }
+
+/// The MAC address of every interface that has one: `(index, MAC)`.
+pub fn link_macs() -> io::Result<Vec<(u32, [u8; 6])>> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_GETLINK: u16 = 18;
+    const IFLA_ADDRESS: u16 = 1;
+    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
+    let ifinfomsg = [0u8; 16];
+    let mut out = Vec::new();
+    sock.dump(RTM_GETLINK, &ifinfomsg, |ty, body| {
+        if ty != RTM_NEWLINK || body.len() < 16 {
+            return;
+        }
+        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        for (aty, payload) in attrs(&body[16..]) {
+            if aty == IFLA_ADDRESS
+                && let Ok(mac) = <[u8; 6]>::try_from(payload)
+            {
+                out.push((index, mac));
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// A resolved IPv4 neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub if_index: u32,
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// The IPv4 neighbours with a link-layer address (not incomplete or failed).
+pub fn ipv4_neighbours() -> io::Result<Vec<Neighbour>> {
+    const RTM_NEWNEIGH: u16 = 28;
+    const RTM_GETNEIGH: u16 = 30;
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
+    const NUD_INCOMPLETE: u16 = 0x01;
+    const NUD_FAILED: u16 = 0x20;
+    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
+    let mut ndmsg = [0u8; 12];
+    ndmsg[0] = u8::try_from(libc::AF_INET).expect("small");
+    let mut out = Vec::new();
+    sock.dump(RTM_GETNEIGH, &ndmsg, |ty, body| {
+        if ty != RTM_NEWNEIGH || body.len() < 12 {
+            return;
+        }
+        let if_index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        let state = u16::from_ne_bytes(body[8..10].try_into().expect("2"));
+        if state & (NUD_INCOMPLETE | NUD_FAILED) != 0 {
+            return;
+        }
+        let mut addr = None;
+        let mut mac = None;
+        for (aty, payload) in attrs(&body[12..]) {
+            match aty {
+                NDA_DST if payload.len() == 4 => {
+                    addr = Some(Ipv4Addr::new(
+                        payload[0], payload[1], payload[2], payload[3],
+                    ));
+                }
+                NDA_LLADDR => mac = <[u8; 6]>::try_from(payload).ok(),
+                _ => {}
+            }
+        }
+        if let (Some(addr), Some(mac)) = (addr, mac) {
+            out.push(Neighbour {
+                if_index,
+                addr,
+                mac,
+            });
+        }
+    })?;
+    Ok(out)
+}

@@ -16,6 +16,7 @@ use proxy_common::{
 use super::{
     config::{AccelerationMode, FlowTimeouts},
     eligibility::{self, AutoChoice, PortEligibility},
+    forwarding::Forwarding,
     netlink::{ConntrackTuple, ConntrackTuple6},
     object::BpfError,
     policy::Candidate,
@@ -162,6 +163,8 @@ pub struct Syncer {
     pub mode: AccelerationMode,
     /// In `auto` mode, what the policy promoted (see [`super::policy`]).
     pub auto: AutoChoice,
+    /// How new pod flows of unannotated Services are forwarded (`stack` until told).
+    pub forwarding: Forwarding,
     /// In `auto` mode, the ports of the last plan the policy may promote.
     candidates: Vec<Candidate>,
     mirror: ServiceMaps,
@@ -235,6 +238,7 @@ impl Syncer {
         Self {
             mode,
             auto: AutoChoice::default(),
+            forwarding: Forwarding::stack(),
             candidates: Vec::new(),
             mirror: ServiceMaps::default(),
             need_resync: true,
@@ -305,7 +309,7 @@ impl Syncer {
         } else {
             self.candidates.clear();
         }
-        let desired = writes::desired(&ports);
+        let desired = writes::desired(&ports, &self.forwarding);
         let (mut map_writes, next) = writes::plan_writes(&self.mirror, &desired, generation);
 
         // Addresses newly accelerated: absent before, or only counted.

@@ -326,9 +326,13 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
             }
             MapWrite::PutPort { id, info } => store.put_port(*id, info)?,
             MapWrite::DeletePort { id } => store.delete_port(*id)?,
-            MapWrite::SetGeneration { generation } => {
+            MapWrite::SetGeneration {
+                generation,
+                forwarding,
+            } => {
                 let mut meta = store.meta()?;
                 meta.generation = *generation;
+                meta.forwarding = *forwarding;
                 store.set_meta(meta)?;
             }
         }
@@ -492,6 +496,7 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
             .collect(),
         ports: store.ports()?.into_iter().collect(),
         generation: store.meta()?.generation,
+        forwarding: store.meta()?.forwarding,
     })
 }
 

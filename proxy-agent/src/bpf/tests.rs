@@ -401,7 +401,10 @@ fn a_failed_sync_converges_on_the_next_one() {
     let before = maps.clone();
     let (writes, _) = super::writes::plan_writes(
         &super::writes::ServiceMaps::default(),
-        &super::writes::desired(&super::eligibility::decide(&p, AccelerationMode::All)),
+        &super::writes::desired(
+            &super::eligibility::decide(&p, AccelerationMode::All),
+            &super::forwarding::Forwarding::stack(),
+        ),
         1,
     );
     maps.fail_after = Some(3);
@@ -488,6 +491,7 @@ fn garbage_collection_removes_idle_flows_in_pairs() {
             nat,
             owner: owner::FAST,
             tcp_flags: flags,
+            forwarding: 0,
             _pad: 0,
             counter: u32::from(cport),
         };

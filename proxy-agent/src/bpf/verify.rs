@@ -18,6 +18,7 @@ use proxy_common::{ServiceValue, service_flags};
 use super::{
     config::AccelerationMode,
     eligibility::{self, AutoChoice, Reason},
+    forwarding::Forwarding,
     reconcile,
     store::{self, MapStore, StoreError},
     writes::{self, Endpoint, SetId},
@@ -192,7 +193,7 @@ pub fn verify(
             }
         }
     }
-    let desired = writes::desired(&ports);
+    let desired = writes::desired(&ports, &Forwarding::recorded(maps.forwarding));
 
     for (key, want) in &desired.services {
         let key_text = writes::describe_key(*key);

@@ -31,6 +31,7 @@ use proxy_common::{
 
 use super::{
     eligibility::{PortEligibility, decision_code},
+    forwarding::{self, Forwarding},
     maglev,
 };
 use crate::model::{IpFamily, Protocol};
@@ -154,6 +155,8 @@ pub struct ServiceMaps {
     /// [`ServiceMaps::release_counters`]).
     pub retired: BTreeSet<u32>,
     pub generation: u64,
+    /// `HP_META`'s forwarding value.
+    pub forwarding: u32,
 }
 
 impl ServiceMaps {
@@ -172,6 +175,9 @@ pub struct DesiredService {
     pub protocol: Protocol,
     /// Only counted: passed to nftables (`service_flags::COUNT_ONLY`).
     pub count_only: bool,
+    /// New flows bypass the node's stack (`service_flags::REDIRECT`; pod-scope IPv4 entries
+    /// only).
+    pub redirect: bool,
 }
 
 /// A counted service port's record, as `HP_PORTS` keeps it (but its counter slot).
@@ -189,6 +195,8 @@ pub struct Desired {
     pub services: BTreeMap<EntryKey, DesiredService>,
     pub sets: BTreeMap<SetId, Vec<Endpoint>>,
     pub ports: BTreeMap<u64, DesiredPort>,
+    /// The node's forwarding for unannotated Services, recorded in `HP_META`.
+    pub forwarding: u32,
 }
 
 /// The `HP_PORTS` value of a port: its label cut to [`PORT_NAME_LEN`] bytes (at a character
@@ -276,9 +284,19 @@ fn set_value(raw: u8, family: IpFamily) -> u8 {
 /// The desired entries of every accelerated path, then counting entries for the counted
 /// addresses no accelerated path claimed. The first port to claim an address keeps it (the
 /// plan already resolved conflicts the same way).
-pub fn desired(ports: &[PortEligibility]) -> Desired {
-    let mut out = Desired::default();
+pub fn desired(ports: &[PortEligibility], node: &Forwarding) -> Desired {
+    let mut out = Desired {
+        forwarding: u32::from(if node.redirect {
+            proxy_common::forwarding::REDIRECT
+        } else {
+            proxy_common::forwarding::STACK
+        }),
+        ..Desired::default()
+    };
     for port in ports {
+        // Only pod flows of IPv4 are redirected: north-south flows and IPv6 take the stack.
+        let redirect =
+            port.family == IpFamily::V4 && forwarding::port_redirects(port.forwarding, node);
         for (decision, key_scope) in [(&port.pods, scope::POD), (&port.external, scope::EXTERNAL)] {
             let Ok(acc) = decision else { continue };
             let set = SetId {
@@ -304,6 +322,7 @@ pub fn desired(ports: &[PortEligibility]) -> Desired {
                         affinity_timeout: port.affinity_timeout,
                         protocol: port.protocol,
                         count_only: false,
+                        redirect: redirect && key_scope == scope::POD,
                     });
             }
         }
@@ -328,6 +347,7 @@ pub fn desired(ports: &[PortEligibility]) -> Desired {
                         affinity_timeout: None,
                         protocol: port.protocol,
                         count_only: true,
+                        redirect: false,
                     });
             }
         }
@@ -403,8 +423,10 @@ pub enum MapWrite {
     DeletePort {
         id: u64,
     },
+    /// Records the generation applied and the node's [`proxy_common::forwarding`] value.
     SetGeneration {
         generation: u64,
+        forwarding: u32,
     },
 }
 
@@ -497,7 +519,10 @@ impl fmt::Display for MapWrite {
                 info.external
             ),
             Self::DeletePort { id } => write!(f, "delete port {id:016x}"),
-            Self::SetGeneration { generation } => write!(f, "set generation {generation}"),
+            Self::SetGeneration {
+                generation,
+                forwarding,
+            } => write!(f, "set generation {generation} forwarding {forwarding}"),
         }
     }
 }
@@ -699,6 +724,10 @@ pub fn plan_writes(
                 service_flags::AFFINITY
             } else {
                 0
+            } | if want.redirect {
+                service_flags::REDIRECT
+            } else {
+                0
             },
             counter,
         };
@@ -762,6 +791,7 @@ pub fn plan_writes(
     }
 
     next.generation = generation;
+    next.forwarding = desired.forwarding;
 
     let mut writes = Vec::new();
     writes.extend(counters);
@@ -771,7 +801,10 @@ pub fn plan_writes(
     writes.extend(purges);
     writes.extend(ports_out);
     writes.extend(cleanup_out);
-    writes.push(MapWrite::SetGeneration { generation });
+    writes.push(MapWrite::SetGeneration {
+        generation,
+        forwarding: desired.forwarding,
+    });
     (MapWrites { generation, writes }, next)
 }
 

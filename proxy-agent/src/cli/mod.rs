@@ -104,6 +104,11 @@ pub struct CommonOptions {
     /// Acceleration mode: off, annotated, auto or all (overrides `acceleration.mode`).
     #[arg(long)]
     pub acceleration: Option<String>,
+    /// Forwarding of accelerated pod flows: auto, redirect or stack (overrides
+    /// `acceleration.forwarding`). `redirect` bypasses the node's netfilter and routing;
+    /// `auto` does so unless a netfilter policy engine or another BPF program is present.
+    #[arg(long)]
+    pub forwarding: Option<String>,
 }
 
 /// Options of `cleanup`.
@@ -151,8 +156,20 @@ impl CommonOptions {
         if !self.service_cidr.is_empty() {
             let _ = writeln!(overrides, "serviceCIDRs: {:?}", self.service_cidr.join(","));
         }
-        if let Some(mode) = &self.acceleration {
-            let _ = writeln!(overrides, "acceleration: {{ mode: {mode:?} }}");
+        match (&self.acceleration, &self.forwarding) {
+            (Some(mode), Some(fwd)) => {
+                let _ = writeln!(
+                    overrides,
+                    "acceleration: {{ mode: {mode:?}, forwarding: {fwd:?} }}"
+                );
+            }
+            (Some(mode), None) => {
+                let _ = writeln!(overrides, "acceleration: {{ mode: {mode:?} }}");
+            }
+            (None, Some(fwd)) => {
+                let _ = writeln!(overrides, "acceleration: {{ forwarding: {fwd:?} }}");
+            }
+            (None, None) => {}
         }
         if !overrides.is_empty() {
             let flags = Config::from_yaml(&overrides, "command-line flags")?;
@@ -167,6 +184,9 @@ impl CommonOptions {
             }
             if self.acceleration.is_some() {
                 config.acceleration.mode = flags.acceleration.mode;
+            }
+            if self.forwarding.is_some() {
+                config.acceleration.forwarding = flags.acceleration.forwarding;
             }
         }
         if let Some(node) = &self.node {

@@ -175,6 +175,7 @@ fn fast_path_status(
                     crate::bpf::kernel::Hook::Xdp => "xdp",
                     crate::bpf::kernel::Hook::TcIngress => "tc ingress",
                     crate::bpf::kernel::Hook::TcEgress => "tc egress",
+                    crate::bpf::kernel::Hook::TcReply => "tc ingress (replies)",
                 }
                 .to_owned(),
                 mode: a.attachment.mode.to_string(),

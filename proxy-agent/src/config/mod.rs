@@ -59,6 +59,29 @@ impl AccelerationMode {
     }
 }
 
+/// How accelerated pod flows are forwarded (`acceleration.forwarding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardingMode {
+    /// `redirect` unless the node has something that must see forwarded pod traffic.
+    #[default]
+    Auto,
+    /// Bypass the node's netfilter and routing, both directions.
+    Redirect,
+    /// Translate, then let the kernel forward.
+    Stack,
+}
+
+impl ForwardingMode {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" => Self::Auto,
+            "redirect" => Self::Redirect,
+            "stack" => Self::Stack,
+            _ => return None,
+        })
+    }
+}
+
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
@@ -106,6 +129,10 @@ pub struct AccelerationConfig {
     pub pin_path: PathBuf,
     pub xdp_mode: XdpMode,
     pub auto: AutoAcceleration,
+    /// `auto`, `redirect` or `stack`: whether accelerated pod flows bypass the node's stack
+    /// (default `auto`: redirect unless a netfilter policy engine or another BPF program
+    /// needs to see them).
+    pub forwarding: ForwardingMode,
 }
 
 impl Default for AccelerationConfig {
@@ -117,6 +144,7 @@ impl Default for AccelerationConfig {
             pin_path: PathBuf::from("/sys/fs/bpf/hybrid-proxy"),
             xdp_mode: XdpMode::Auto,
             auto: AutoAcceleration::default(),
+            forwarding: ForwardingMode::Auto,
         }
     }
 }
@@ -554,6 +582,11 @@ impl Config {
                 min_dwell: a.auto.min_dwell,
                 max_services: a.auto.max_services,
             },
+            forwarding: match a.forwarding {
+                ForwardingMode::Auto => crate::bpf::forwarding::ForwardingMode::Auto,
+                ForwardingMode::Redirect => crate::bpf::forwarding::ForwardingMode::Redirect,
+                ForwardingMode::Stack => crate::bpf::forwarding::ForwardingMode::Stack,
+            },
             ..crate::bpf::FastPathConfig::default()
         }
     }
@@ -652,6 +685,18 @@ fn read_acceleration(r: &mut Reader<'_>) -> AccelerationConfig {
                 XdpMode::Auto
             }
         };
+    }
+    if let Some(mode) = r.take::<String>("forwarding") {
+        match ForwardingMode::parse(&mode) {
+            Some(m) => a.forwarding = m,
+            None => r.error(
+                "forwarding",
+                ConfigProblem::Invalid {
+                    value: mode,
+                    expected: "one of auto, redirect, stack",
+                },
+            ),
+        }
     }
     if let Some(mut auto) = r.section("auto") {
         if let Some(v) = auto.take("promoteAbovePps") {

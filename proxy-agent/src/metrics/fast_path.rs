@@ -26,6 +26,12 @@ pub struct ModeLabel {
     pub mode: String,
 }
 
+/// `forwarding` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardingLabel {
+    pub forwarding: String,
+}
+
 /// The fast path's metrics.
 #[derive(Debug, Default)]
 pub struct FastPathMetrics {
@@ -35,6 +41,8 @@ pub struct FastPathMetrics {
     accelerated: Gauge,
     counted: Gauge,
     held_for_capacity: Gauge,
+    forwarding: Family<ForwardingLabel, Gauge>,
+    forwarding_fallback: Gauge,
     connections: Gauge,
     connection_capacity: Gauge,
     table_full: Gauge,
@@ -87,6 +95,16 @@ impl FastPathMetrics {
             self.held_for_capacity.clone(),
         );
         registry.register(
+            "hybrid_proxy_fastpath_forwarding",
+            "How new accelerated pod flows are forwarded (1 for redirect or stack, whichever is in force)",
+            self.forwarding.clone(),
+        );
+        registry.register(
+            "hybrid_proxy_fastpath_forwarding_auto_fallback",
+            "1 when forwarding auto keeps pod flows on the node's stack because something there needs to see them (the log and status say what)",
+            self.forwarding_fallback.clone(),
+        );
+        registry.register(
             "hybrid_proxy_fastpath_connection_table_entries",
             "Entries of the connection table at the last garbage collection (two per fast-path flow)",
             self.connections.clone(),
@@ -129,6 +147,18 @@ impl FastPathMetrics {
         self.accelerated.set(int(g.accelerated_ports));
         self.counted.set(int(g.counted_ports));
         self.held_for_capacity.set(int(g.held_for_capacity));
+        for (name, on) in [
+            ("redirect", g.forwarding.redirect),
+            ("stack", !g.forwarding.redirect),
+        ] {
+            self.forwarding
+                .get_or_create(&ForwardingLabel {
+                    forwarding: name.to_owned(),
+                })
+                .set(i64::from(on));
+        }
+        self.forwarding_fallback
+            .set(i64::from(g.forwarding.reason.is_some()));
         if let Some(flows) = g.flows {
             self.connections.set(int(flows));
         }
@@ -203,6 +233,7 @@ mod tests {
             attachments: 3,
             interface_errors: 0,
             held_for_capacity: 1,
+            forwarding: crate::bpf::forwarding::Forwarding::stack(),
         }
     }
 

@@ -14,5 +14,7 @@ pub use endpoints::{Endpoint, EndpointsByPort, PortKey};
 pub use error::{InvalidReason, ObjectError, ObjectKind};
 pub use ip::IpFamily;
 pub use node::NodeInfo;
-pub use service::{AccelerationAnnotation, Protocol, Service, ServiceName, ServicePort};
+pub use service::{
+    AccelerationAnnotation, ForwardingAnnotation, Protocol, Service, ServiceName, ServicePort,
+};
 pub use state::ClusterState;

@@ -12,6 +12,8 @@ use super::{
 
 /// Annotation that puts a service on the eBPF fast path (`"on"`) or keeps it off (`"off"`).
 pub const ACCELERATION_ANNOTATION: &str = "hybrid-proxy.io/acceleration";
+/// Overrides `acceleration.forwarding` for one Service: `redirect` or `stack`.
+pub const FORWARDING_ANNOTATION: &str = "hybrid-proxy.io/forwarding";
 
 /// Longest object name accepted (the API's limit for DNS subdomains).
 pub const MAX_NAME_LEN: usize = 253;
@@ -106,6 +108,16 @@ pub enum AccelerationAnnotation {
     Off,
 }
 
+/// The forwarding annotation's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ForwardingAnnotation {
+    /// The node's `acceleration.forwarding` decides.
+    #[default]
+    Unset,
+    Redirect,
+    Stack,
+}
+
 /// One port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServicePort {
@@ -140,6 +152,7 @@ pub struct Service {
     /// The health-check node port of an eTP-Local LoadBalancer Service.
     pub health_check_node_port: Option<u16>,
     pub acceleration: AccelerationAnnotation,
+    pub forwarding: ForwardingAnnotation,
 }
 
 impl Service {
@@ -523,6 +536,28 @@ fn normalise_spec(svc: &core::Service, name: ServiceName, sink: &mut ErrorSink<'
         }
     };
 
+    let forwarding = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FORWARDING_ANNOTATION))
+        .map(String::as_str)
+    {
+        None => ForwardingAnnotation::Unset,
+        Some("redirect") => ForwardingAnnotation::Redirect,
+        Some("stack") => ForwardingAnnotation::Stack,
+        Some(other) => {
+            sink.push(
+                format!("metadata.annotations[{FORWARDING_ANNOTATION}]"),
+                InvalidReason::UnknownValue {
+                    value: other.to_owned(),
+                    allowed: "redirect, stack",
+                },
+            );
+            ForwardingAnnotation::Unset
+        }
+    };
+
     Normalised::Service(Service {
         name,
         cluster_ips,
@@ -536,5 +571,6 @@ fn normalise_spec(svc: &core::Service, name: ServiceName, sink: &mut ErrorSink<'
         affinity_timeout,
         health_check_node_port,
         acceleration,
+        forwarding,
     })
 }

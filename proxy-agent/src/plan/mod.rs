@@ -135,6 +135,8 @@ impl LocalTraffic {
 pub struct ServicePlan {
     pub name: ServiceName,
     pub acceleration: AccelerationAnnotation,
+    /// `hybrid-proxy.io/forwarding`.
+    pub forwarding: crate::model::ForwardingAnnotation,
     pub ports: Vec<ServicePortPlan>,
 }
 

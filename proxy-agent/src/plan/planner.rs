@@ -296,6 +296,7 @@ fn plan_service(
     ServicePlan {
         name: svc.name.clone(),
         acceleration: svc.acceleration,
+        forwarding: svc.forwarding,
         ports,
     }
 }

@@ -182,10 +182,19 @@ impl<B: NftBackend> SyncLoop<B> {
                 Ok(changes) => tracing::debug!(?changes, "pod interfaces synced"),
                 Err(e) => tracing::warn!(error = %e, "attaching to pod interfaces failed"),
             },
-            Control::CollectGarbage => match fp.collect_garbage() {
-                Ok(report) => tracing::debug!(?report, "fast-path flows collected"),
-                Err(e) => tracing::warn!(error = %e, "collecting fast-path flows failed"),
-            },
+            Control::CollectGarbage => {
+                match fp.collect_garbage() {
+                    Ok(report) => tracing::debug!(?report, "fast-path flows collected"),
+                    Err(e) => tracing::warn!(error = %e, "collecting fast-path flows failed"),
+                }
+                // New flows follow a changed forwarding decision; started ones keep theirs.
+                if fp.recheck_forwarding()
+                    && let Some(plan) = &self.plan
+                    && let Err(e) = fp.apply(plan, u64::from(self.generation))
+                {
+                    tracing::warn!(error = %e, "applying the new forwarding failed");
+                }
+            }
             Control::Observe => {
                 // Before the first sync there is no plan to move services within.
                 if let Some(plan) = &self.plan {
