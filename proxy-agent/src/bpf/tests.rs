@@ -300,7 +300,7 @@ fn a_sync_writes_sets_before_the_services_that_use_them_and_round_trips() {
             && lines[4].contains("default/web http(80)/TCP: slot 1, pods 0, external 10"),
         "the port's record, with why it is not accelerated from outside: {text}"
     );
-    assert_eq!(lines[5], "  set generation 1");
+    assert_eq!(lines[5], "  set generation 1, forwarding stack");
     assert_eq!(maps.backends.len(), 2);
     assert_eq!(maps.maglev.len(), 1);
 

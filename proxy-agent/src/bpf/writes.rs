@@ -522,7 +522,15 @@ impl fmt::Display for MapWrite {
             Self::SetGeneration {
                 generation,
                 forwarding,
-            } => write!(f, "set generation {generation} forwarding {forwarding}"),
+            } => write!(
+                f,
+                "set generation {generation}, forwarding {}",
+                if u8::try_from(*forwarding) == Ok(proxy_common::forwarding::REDIRECT) {
+                    "redirect"
+                } else {
+                    "stack"
+                }
+            ),
         }
     }
 }
