@@ -132,10 +132,28 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> 
     };
     // The connection table first: a flow keeps its path and backend.
     if let Some(v) = FLOWS.get_ptr_mut(key) {
-        touch(v, pkt.tcp_flags, now());
         // SAFETY: a live map value.
-        let (owner, nat, slot, fwd) =
-            unsafe { ((*v).owner, (*v).nat, (*v).counter, (*v).forwarding) };
+        let (owner, nat, slot, fwd, seen) = unsafe {
+            (
+                (*v).owner,
+                (*v).nat,
+                (*v).counter,
+                (*v).forwarding,
+                (*v).tcp_flags,
+            )
+        };
+        if owner == owner::FAST
+            && pkt.proto == IPPROTO_TCP
+            && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+            && seen & (tcp::FIN | tcp::RST) != 0
+        {
+            // A new connection on the tuple of one that ended (as conntrack does): forget
+            // the old flow and start afresh, with today's backends and forwarding.
+            let _ = FLOWS.remove(reply_key(pkt, &nat));
+            let _ = FLOWS.remove(key);
+            return start(key, pkt, scope, bytes);
+        }
+        touch(v, pkt.tcp_flags, now());
         if owner != owner::FAST {
             count(StatIndex::NftablesOwned, bytes);
             count_service(slot, true, false);
@@ -150,6 +168,26 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> 
             slot,
         });
     }
+    start(key, pkt, scope, bytes)
+}
+
+/// The reply entry's key of a flow from `pkt`'s client translated to `to`.
+#[inline(always)]
+fn reply_key(pkt: &Packet, to: &Backend) -> FlowKey {
+    FlowKey {
+        src: to.addr,
+        dst: pkt.saddr,
+        sport: to.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: dir::REPLY,
+        _pad: 0,
+    }
+}
+
+/// A packet without a flow: the service table decides whether the fast path starts one.
+#[inline(always)]
+fn start(key: FlowKey, pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> {
     let svc = SERVICES.get_ptr(ServiceKey {
         addr: pkt.daddr,
         port: pkt.dport,
@@ -207,15 +245,7 @@ fn record(
     now: u64,
     bytes: usize,
 ) -> Option<(Backend, u8)> {
-    let rkey = FlowKey {
-        src: backend.addr,
-        dst: pkt.saddr,
-        sport: backend.port,
-        dport: pkt.sport,
-        proto: pkt.proto,
-        dir: dir::REPLY,
-        _pad: 0,
-    };
+    let rkey = reply_key(pkt, &backend);
     let service = Backend {
         addr: pkt.daddr,
         port: pkt.dport,
@@ -291,15 +321,7 @@ pub(crate) fn fall_back_to_stack(pkt: &Packet, to: &Backend) {
             dir: dir::FORWARD,
             _pad: 0,
         },
-        FlowKey {
-            src: to.addr,
-            dst: pkt.saddr,
-            sport: to.port,
-            dport: pkt.sport,
-            proto: pkt.proto,
-            dir: dir::REPLY,
-            _pad: 0,
-        },
+        reply_key(pkt, to),
     ];
     for key in keys {
         if let Some(v) = FLOWS.get_ptr_mut(key) {

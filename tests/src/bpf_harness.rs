@@ -170,6 +170,16 @@ impl TestDatapath {
         r
     }
 
+    /// Runs TC ingress of a pod interface, whatever its verdict (redirect forwarding).
+    pub fn tc_ingress(&mut self, frame: &[u8]) -> Run {
+        self.run(program_names::TC_INGRESS, frame)
+    }
+
+    /// Runs the reply program of node interfaces' TC ingress, whatever its verdict.
+    pub fn tc_reply(&mut self, frame: &[u8]) -> Run {
+        self.run(program_names::TC_REPLY, frame)
+    }
+
     /// Runs TC egress (a packet leaving toward a client).
     pub fn to_client(&mut self, frame: &[u8]) -> Run {
         let r = self.run(program_names::TC_EGRESS, frame);

@@ -181,10 +181,20 @@ fn manifests(lab: &Lab) -> String {
     .concat()
 }
 
-/// Writes the agent configuration for this lab and returns its path.
+/// Writes the agent configuration for this lab and returns its path. The forwarding is the
+/// one under test unless `extra` names one.
 fn write_config(lab: &Lab, pin: &Pin, mode: &str, extra: &str) -> PathBuf {
     let path = lab.manifests().with_extension(format!("{mode}.yaml"));
     pin.files.lock().unwrap().push(path.clone());
+    let forwarding = if extra.contains("forwarding:") {
+        String::new()
+    } else {
+        format!(
+            "  forwarding: {}\n",
+            hybrid_proxy_tests::forwarding_under_test()
+        )
+    };
+    let extra = format!("{forwarding}{extra}");
     std::fs::write(
         &path,
         format!(
@@ -1137,4 +1147,227 @@ fn check_cleanup(lab: &Lab, pin: &Pin, config: &Path) {
     );
     let _ = traffic::tcp(&lab.external, addr(&format!("{NODE_A_IP}:30080")));
     assert_eq!(seen(&maps), before, "a program is still attached somewhere");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding: redirect (the programs deliver pod flows, the node's stack never sees them)
+// against stack (translated, then routed through conntrack and the filter chains).
+
+const BYPASS: &str = "10.96.0.10:80";
+const BYPASS_DNS: &str = "10.96.0.10:53";
+const PINNED: &str = "10.96.0.13:80";
+const STACK_ANNOTATION: &str = ", annotations: {hybrid-proxy.io/forwarding: stack}";
+
+/// `web` (a1 on node-a, b1 on node-b: a local and a remote backend) and `pinned` (a2,
+/// annotated `forwarding: stack`).
+fn forwarding_manifests(lab: &Lab) -> String {
+    [
+        service("web", "10.96.0.10", PORTS, "", ""),
+        slice(lab, "web", &["a1", "b1"]),
+        service("pinned", "10.96.0.13", PORTS, "", STACK_ANNOTATION),
+        slice(lab, "pinned", &["a2"]),
+    ]
+    .concat()
+}
+
+/// A configuration with both node interfaces (the uplink and the link to node-b), so that
+/// flows to node-b's pods can be redirected too.
+fn forwarding_config(lab: &Lab, pin: &Pin, forwarding: &str) -> PathBuf {
+    let path = write_config(lab, pin, "all", &format!("  forwarding: {forwarding}\n"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("interfaces: [eth0]", "interfaces: [eth0, fab0]");
+    let path2 = path.with_extension(format!("{forwarding}.yaml"));
+    std::fs::write(&path2, text).unwrap();
+    pin.files.lock().unwrap().push(path2.clone());
+    path2
+}
+
+/// Node-a's conntrack entries from `client` to `backend` (original direction).
+fn conntrack_entries(lab: &Lab, client: &str, backend: &str) -> usize {
+    let out = lab
+        .node
+        .exec("conntrack", &["-L", "-s", client, "-d", backend]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(client))
+        .count()
+}
+
+/// Exchanges from c1 to `dst`: every backend in `want` answers, and c1's address is kept.
+fn served_by(lab: &Lab, dst: &str, udp: bool, want: &[&str]) {
+    let seen = exchanges(&lab.pod("c1").ns, dst, udp, 40)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.ruleset()));
+    let want: std::collections::BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(seen.backends, want, "{dst} udp={udp}");
+    assert_eq!(seen.peers, [lab.pod("c1").ip.to_string()].into());
+}
+
+#[test]
+fn redirect_keeps_pod_flows_out_of_conntrack_and_stack_keeps_them_in() {
+    if !privileged::root_or_skip("accel_redirect") {
+        return;
+    }
+    let lab = lab("ard");
+    let pin = Pin::new("redirect", &lab);
+    lab.write_manifests(&forwarding_manifests(&lab));
+    let c1 = lab.pod("c1").ip.to_string();
+    let (a1, a2, b1) = (
+        lab.pod("a1").ip.to_string(),
+        lab.pod("a2").ip.to_string(),
+        lab.pod("b1").ip.to_string(),
+    );
+    for forwarding in ["redirect", "stack"] {
+        let config = forwarding_config(&lab, &pin, forwarding);
+        let out = lab.apply(&["--config", arg(&config)]);
+        assert!(
+            out.contains(&format!("forwarding {forwarding} ({forwarding})")),
+            "{out}"
+        );
+        let _ = lab.node.exec("conntrack", &["-F"]);
+        let before = pinned(&pin);
+        served_by(&lab, BYPASS, false, &["a1", "b1"]);
+        served_by(&lab, BYPASS_DNS, true, &["a1", "b1"]);
+        served_by(&lab, PINNED, false, &["a2"]);
+        let after = pinned(&pin);
+        let d = |i| stat(&after, i) - stat(&before, i);
+        let local = conntrack_entries(&lab, &c1, &a1);
+        let remote = conntrack_entries(&lab, &c1, &b1);
+        let annotated = conntrack_entries(&lab, &c1, &a2);
+        let web = port(&after, "default/web http").counter.redirected_packets
+            - port(&before, "default/web http").counter.redirected_packets;
+        let note = format!(
+            "{forwarding}: conntrack local {local} remote {remote} annotated {annotated}; \
+             redirected {} replies {} no route {} reply program {}; web redirected {web}",
+            d(StatIndex::Redirected),
+            d(StatIndex::RedirectedReply),
+            d(StatIndex::RedirectNoRoute),
+            d(StatIndex::TcReplySeen),
+        );
+        println!("{note}");
+        // The annotated Service is on the stack either way.
+        assert!(annotated > 0, "{note}");
+        if forwarding == "redirect" {
+            assert_eq!((local, remote), (0, 0), "{note}\n{}", lab.ruleset());
+            assert!(web > 0 && d(StatIndex::RedirectedReply) > 0, "{note}");
+            assert!(
+                d(StatIndex::TcReplySeen) > 0,
+                "replies from node-b meet the reply program: {note}"
+            );
+            assert_eq!(d(StatIndex::RedirectNoRoute), 0, "{note}");
+        } else {
+            assert!(local > 0 && remote > 0, "{note}");
+            assert_eq!(web, 0, "{note}");
+        }
+    }
+}
+
+#[test]
+fn switching_forwarding_under_traffic_fails_no_established_connection() {
+    if !privileged::root_or_skip("accel_forwarding_switch") {
+        return;
+    }
+    let lab = lab("afs");
+    let pin = Pin::new("fwdswitch", &lab);
+    lab.write_manifests(&forwarding_manifests(&lab));
+    let c1 = lab.pod("c1").ip.to_string();
+    let redirect = forwarding_config(&lab, &pin, "redirect");
+    let stack = forwarding_config(&lab, &pin, "stack");
+    lab.apply(&["--config", arg(&redirect)]);
+    let _ = lab.node.exec("conntrack", &["-F"]);
+    // Connections opened under redirect, to both backends.
+    let mut open: Vec<Connection> = Vec::new();
+    let mut backends = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        if backends.len() == 2 && open.len() >= 4 {
+            break;
+        }
+        let mut c = Connection::open(&lab.pod("c1").ns, addr(BYPASS));
+        match c.request() {
+            Outcome::Reply { backend, .. } => {
+                backends.insert(backend);
+            }
+            other => panic!("first request under redirect: {other:?}"),
+        }
+        open.push(c);
+    }
+    assert_eq!(backends.len(), 2, "{backends:?}");
+    for (step, config) in [
+        ("stack", &stack),
+        ("redirect", &redirect),
+        ("stack", &stack),
+    ] {
+        lab.apply(&["--config", arg(config)]);
+        for (i, c) in open.iter_mut().enumerate() {
+            match c.request() {
+                Outcome::Reply { .. } => {}
+                other => panic!("connection {i} after switching to {step}: {other:?}"),
+            }
+        }
+        served_by(&lab, BYPASS, false, &["a1", "b1"]);
+    }
+    // The old connections never reached conntrack; new ones under stack did.
+    let entries = conntrack_entries(&lab, &c1, &lab.pod("a1").ip.to_string())
+        + conntrack_entries(&lab, &c1, &lab.pod("b1").ip.to_string());
+    assert!(entries > 0, "connections opened under stack are tracked");
+    let sent = u64::try_from(open.len() * 3).expect("small");
+    record(
+        "fast path: forwarding switched under open connections",
+        3,
+        sent,
+        0,
+    );
+}
+
+#[test]
+fn auto_forwarding_stays_on_the_stack_next_to_a_foreign_forward_rule() {
+    if !privileged::root_or_skip("accel_forwarding_auto") {
+        return;
+    }
+    let lab = lab("afa");
+    let pin = Pin::new("fwdauto", &lab);
+    lab.write_manifests(&forwarding_manifests(&lab));
+    let auto = forwarding_config(&lab, &pin, "auto");
+    let out = lab.apply(&["--config", arg(&auto)]);
+    assert!(out.contains("forwarding redirect (auto)"), "{out}");
+    // A firewall of another owner on the forward hook: its rules must keep seeing pod
+    // traffic, so auto puts new flows on the stack and says why.
+    for cmd in [
+        "add table ip lab-firewall",
+        "add chain ip lab-firewall forward { type filter hook forward priority 0; policy accept; }",
+        "add rule ip lab-firewall forward counter",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let done = lab.node.exec("nft", &args);
+        assert!(done.status.success(), "nft {cmd}: {done:?}");
+    }
+    let out = lab.apply(&["--config", arg(&auto)]);
+    assert!(
+        out.contains("forwarding stack (auto): chain forward in table ip lab-firewall has 1 rule(s) on the forward hook"),
+        "{out}"
+    );
+    let status = status_of(&lab, &auto, &[]);
+    assert!(
+        stdout(&status).contains("forwarding: stack"),
+        "{}",
+        stdout(&status)
+    );
+    let _ = lab.node.exec("conntrack", &["-F"]);
+    served_by(&lab, BYPASS, false, &["a1", "b1"]);
+    let c1 = lab.pod("c1").ip.to_string();
+    assert!(conntrack_entries(&lab, &c1, &lab.pod("a1").ip.to_string()) > 0);
+    // The rule saw the pod traffic.
+    let rules = lab
+        .node
+        .exec("nft", &["list", "chain", "ip", "lab-firewall", "forward"]);
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("packets 0 "),
+        "{}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
+    let _ = lab
+        .node
+        .exec("nft", &["delete", "table", "ip", "lab-firewall"]);
+    let out = lab.apply(&["--config", arg(&auto)]);
+    assert!(out.contains("forwarding redirect (auto)"), "{out}");
 }

@@ -12,7 +12,7 @@ fn per_packet_cost_with_1_and_10000_services() {
     }
     let rows = bench::prog_costs(&[1, 10_000], 100_000, 5, 3)
         .unwrap_or_else(|e| panic!("measuring: {}", chain(&e)));
-    assert_eq!(rows.len(), 18, "9 cases, 2 service counts");
+    assert_eq!(rows.len(), 20, "10 cases, 2 service counts");
     println!(
         "{:<14} {:<28} {:>9} {:>12}",
         "program", "case", "services", "ns/packet"

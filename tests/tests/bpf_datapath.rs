@@ -1000,3 +1000,205 @@ fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend_and_spreads_clients() {
         "30 clients use every backend: {per_client:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redirect forwarding: the programs deliver both directions themselves.
+
+/// `TC_ACT_REDIRECT`: the program asked the kernel to deliver the packet (`BPF_PROG_TEST_RUN`
+/// reports the verdict and does not carry it out).
+const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_PIPE: u32 = 3;
+const BACKEND_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x05];
+const BACKEND_HOST_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x05];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x20];
+const CLIENT_HOST_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x20];
+
+fn ttl(frame: &[u8]) -> u8 {
+    frame[14 + 8]
+}
+
+fn macs(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    (
+        frame[0..6].try_into().unwrap(),
+        frame[6..12].try_into().unwrap(),
+    )
+}
+
+/// A datapath whose unannotated Services redirect, with the client and `LOCAL_A` known as
+/// pods of this node.
+fn redirecting(plan: &ProxyPlan) -> TestDatapath {
+    use proxy_agent::bpf::{forwarding, table::Table as _};
+    let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
+    t.syncer.forwarding = forwarding::Forwarding::redirect();
+    t.apply(plan);
+    for (ip, if_index, pod_mac, host_mac) in [
+        (LOCAL_A, 7, BACKEND_MAC, BACKEND_HOST_MAC),
+        (CLIENT, 8, CLIENT_MAC, CLIENT_HOST_MAC),
+    ] {
+        t.dp.maps
+            .local_endpoints
+            .put(
+                forwarding::addr_key(ip.parse().unwrap()),
+                proxy_common::LocalEndpoint {
+                    if_index,
+                    pod_mac,
+                    host_mac,
+                },
+            )
+            .unwrap();
+    }
+    t
+}
+
+#[test]
+fn redirect_delivers_to_a_local_pod_and_back_to_the_client() {
+    if !root("redirect_local") {
+        return;
+    }
+    let plan = plan(
+        vec![web("TCP")],
+        vec![web_slice("TCP", &[(LOCAL_A, "node-a")])],
+    );
+    let mut t = redirecting(&plan);
+    let client = sa(&format!("{CLIENT}:40000"));
+    let vip = sa(&format!("{VIP}:80"));
+    let backend = sa(&format!("{LOCAL_A}:8080"));
+
+    let syn = t.tc_ingress(&Frame::tcp(client, vip, TCP_SYN).build());
+    assert_eq!(syn.verdict, TC_ACT_REDIRECT, "delivered by the program");
+    let out = valid(&syn.frame);
+    assert_eq!((out.src, out.dst), (client, backend));
+    assert_eq!(ttl(&syn.frame), 63, "a redirect forwards: the TTL drops");
+    assert_eq!(macs(&syn.frame), (BACKEND_MAC, BACKEND_HOST_MAC));
+
+    // The reply enters at the backend's host-side interface and goes straight to the client.
+    let reply = t.tc_ingress(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build());
+    assert_eq!(reply.verdict, TC_ACT_REDIRECT);
+    let back = valid(&reply.frame);
+    assert_eq!(
+        (back.src, back.dst),
+        (vip, client),
+        "the client sees the VIP"
+    );
+    assert_eq!(ttl(&reply.frame), 63);
+    assert_eq!(macs(&reply.frame), (CLIENT_MAC, CLIENT_HOST_MAC));
+    // A reply arriving from another node takes the reply program the same way.
+    let remote_reply = t.tc_reply(&Frame::tcp(backend, client, TCP_ACK).build());
+    assert_eq!(remote_reply.verdict, TC_ACT_REDIRECT);
+    assert_eq!(valid(&remote_reply.frame).src, vip);
+
+    assert_eq!(t.stat(StatIndex::Redirected), 1);
+    assert_eq!(t.stat(StatIndex::RedirectedReply), 2);
+    let c = t.counters().service(t.syncer.ports()[0].id);
+    assert_eq!(c.redirected_packets, 3, "both directions, per service");
+    let flows = t.dp.maps.flows().unwrap();
+    assert_eq!(flows.len(), 2);
+    assert!(
+        flows
+            .iter()
+            .all(|(_, v)| v.forwarding == proxy_common::forwarding::REDIRECT),
+        "{flows:?}"
+    );
+}
+
+#[test]
+fn a_flow_without_a_plain_forward_stays_on_the_stack_both_ways() {
+    if !root("redirect_no_route") {
+        return;
+    }
+    // REMOTE is no pod of this node, and the FIB's way to it leaves through none of our
+    // interfaces (the map of them is empty here): the stack must carry the flow.
+    let plan = plan(
+        vec![web("TCP")],
+        vec![web_slice("TCP", &[(REMOTE, "node-b")])],
+    );
+    let mut t = redirecting(&plan);
+    let client = sa(&format!("{CLIENT}:40001"));
+    let vip = sa(&format!("{VIP}:80"));
+    let backend = sa(&format!("{REMOTE}:8080"));
+    let syn = t.tc_ingress(&Frame::tcp(client, vip, TCP_SYN).build());
+    assert_eq!(syn.verdict, TC_ACT_PIPE, "handed to the stack");
+    assert_eq!(valid(&syn.frame).dst, backend, "translated all the same");
+    assert_eq!(
+        ttl(&syn.frame),
+        64,
+        "the stack forwards it, not the program"
+    );
+    assert_eq!(t.stat(StatIndex::RedirectNoRoute), 1);
+    let flows = t.dp.maps.flows().unwrap();
+    assert_eq!(flows.len(), 2);
+    assert!(
+        flows
+            .iter()
+            .all(|(_, v)| v.forwarding == proxy_common::forwarding::STACK),
+        "both entries of the flow on the stack: {flows:?}"
+    );
+    // Its reply is not taken at ingress (the stack routes it), and egress translates it.
+    let reply = t.tc_ingress(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build());
+    assert_eq!(reply.verdict, TC_ACT_PIPE);
+    assert_eq!(valid(&reply.frame).src, backend);
+    let out = valid(&t.to_client(&reply.frame).frame);
+    assert_eq!(out.src, vip);
+    // Later packets of the flow stay on the stack without trying again.
+    let ack = t.tc_ingress(&Frame::tcp(client, vip, TCP_ACK).build());
+    assert_eq!((ack.verdict, ttl(&ack.frame)), (TC_ACT_PIPE, 64));
+    assert_eq!(t.stat(StatIndex::RedirectNoRoute), 1);
+}
+
+#[test]
+fn a_service_annotated_stack_is_not_redirected_on_a_redirecting_node() {
+    if !root("redirect_annotation") {
+        return;
+    }
+    let svc = ServiceBuilder::cluster_ip("default", "web", VIP)
+        .port("http", 80)
+        .annotation("hybrid-proxy.io/forwarding", "stack")
+        .build();
+    let plan = plan(vec![svc], vec![web_slice("TCP", &[(LOCAL_A, "node-a")])]);
+    let mut t = redirecting(&plan);
+    let syn = t.tc_ingress(
+        &Frame::tcp(
+            sa(&format!("{CLIENT}:40002")),
+            sa(&format!("{VIP}:80")),
+            TCP_SYN,
+        )
+        .build(),
+    );
+    assert_eq!(syn.verdict, TC_ACT_PIPE);
+    assert_eq!(ttl(&syn.frame), 64);
+    assert_eq!(t.stat(StatIndex::Redirected), 0);
+}
+
+#[test]
+fn a_new_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow() {
+    if !root("syn_after_reset") {
+        return;
+    }
+    let plan = plan(
+        vec![web("TCP")],
+        vec![web_slice("TCP", &[(LOCAL_A, "node-a")])],
+    );
+    let mut t = redirecting(&plan);
+    let client = sa(&format!("{CLIENT}:40003"));
+    let vip = sa(&format!("{VIP}:80"));
+    let syn = Frame::tcp(client, vip, TCP_SYN).build();
+    assert_eq!(t.tc_ingress(&syn).verdict, TC_ACT_REDIRECT);
+    // The client resets the connection; the node now forwards new flows on the stack.
+    let rst = t.tc_ingress(&Frame::tcp(client, vip, TCP_ACK | 0x04).build());
+    assert_eq!(rst.verdict, TC_ACT_REDIRECT, "the ended flow's last packet");
+    t.syncer.forwarding = proxy_agent::bpf::forwarding::Forwarding::stack();
+    t.apply(&plan);
+    // The same tuple again: a new connection, which follows today's forwarding, while a
+    // later packet of an open flow would have kept the old one.
+    let again = t.tc_ingress(&syn);
+    assert_eq!(again.verdict, TC_ACT_PIPE, "started afresh, on the stack");
+    assert_eq!(valid(&again.frame).dst, sa(&format!("{LOCAL_A}:8080")));
+    assert_eq!(t.stat(StatIndex::NewFlow), 2);
+    let flows = t.dp.maps.flows().unwrap();
+    assert_eq!(flows.len(), 2, "the old flow's entries are gone: {flows:?}");
+    assert!(
+        flows
+            .iter()
+            .all(|(_, v)| v.forwarding == proxy_common::forwarding::STACK)
+    );
+}

@@ -58,6 +58,10 @@ fn config(pin: &Pin, mode: AccelerationMode) -> FastPathConfig {
         mode,
         node_interfaces: vec!["eth0".into()],
         pin_path: pin.0.clone(),
+        forwarding: proxy_agent::bpf::forwarding::ForwardingMode::parse(
+            hybrid_proxy_tests::forwarding_under_test(),
+        )
+        .expect("a forwarding mode"),
         ..FastPathConfig::default()
     }
 }

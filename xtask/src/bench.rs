@@ -30,6 +30,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         );
     }
     prereq::ensure_packages(prereq::TEST_PACKAGES)?;
+    prereq::ensure_packages_without_services(prereq::BENCH_PACKAGES)?;
     prereq::ensure_bpffs()?;
     ebpf::build(&ebpf::BuildOptions { debug: false })?;
     // The full run measures release builds; the smoke run reuses the debug builds that

@@ -32,6 +32,31 @@ pub const TEST_PACKAGES: &[&str] = &[
     "curl",
 ];
 
+/// Third-party load and servers for the data-plane benchmark (installed without starting
+/// any service: the benchmark runs nginx itself, inside a lab namespace).
+pub const BENCH_PACKAGES: &[&str] = &["nginx", "wrk"];
+
+/// Installs `packages` without letting their maintainer scripts start services on the
+/// host (Debian's `policy-rc.d` convention: exit 101 forbids every start).
+pub fn ensure_packages_without_services(packages: &[&str]) -> anyhow::Result<()> {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    if policy.exists() || packages.iter().all(|p| package_installed(p)) {
+        return ensure_packages(packages);
+    }
+    fs::write(
+        policy,
+        "#!/bin/sh\n# written by cargo xtask for one install\nexit 101\n",
+    )
+    .context("writing /usr/sbin/policy-rc.d")?;
+    fs::set_permissions(
+        policy,
+        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )?;
+    let result = ensure_packages(packages);
+    let _ = fs::remove_file(policy);
+    result
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -93,6 +93,29 @@ pub fn run(opts: &TestOptions) -> anyhow::Result<()> {
         print_summary();
     }
     tested?;
+    // The fast-path scenarios once more with `forwarding: stack` (the first run took the
+    // labs' default, `auto`, which redirects there): both modes must serve alike.
+    let stacked = step(
+        "cargo test (fast-path scenarios, forwarding stack)",
+        Command::new("cargo")
+            .args([
+                "test",
+                "--package",
+                "hybrid-proxy-tests",
+                "--test",
+                "acceleration",
+                "--test",
+                "bpf_lab",
+                "--",
+            ])
+            .args(&opts.test_args)
+            .env("HYBRID_PROXY_REQUIRE_PRIVILEGED", "1")
+            .env("HYBRID_PROXY_TEST_FORWARDING", "stack"),
+    );
+    if stacked.is_err() {
+        print_summary();
+    }
+    stacked?;
     // A short fuzz run: the plan survives arbitrary manifests (the nightly-style run is
     // `cargo xtask fuzz`).
     if !opts.no_fuzz {

@@ -22,6 +22,7 @@ use super::{
     kernel::Datapath,
     object::{BpfError, embedded_object},
     store,
+    table::Table as _,
     writes::{self, Desired, DesiredService, SetId},
 };
 use crate::model::Protocol;
@@ -123,6 +124,14 @@ const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 9, 0, 0, 0, 0, 9)
 
 /// The address of the service that is only counted.
 const COUNTED: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 97, 0, 1), 53);
+/// A mirrored pair whose flows are redirected: each address is the other's backend, and both
+/// are local endpoints (on interface 1: `BPF_PROG_TEST_RUN` returns the redirect verdict
+/// without carrying it out).
+const REDIRECT_VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 200, 1), 53);
+const REDIRECT_BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 0, 3), 5353);
+/// A redirected packet's TTL drops by one on every run, and a run reuses the packet: calls
+/// of the redirect case repeat at most this often (its TTL starts at 255), in more rounds.
+const REDIRECT_REPEAT: u32 = 250;
 
 fn vip(i: usize) -> Ipv4Addr {
     let i = u32::try_from(i).expect("fewer than 2^32 services");
@@ -133,7 +142,7 @@ fn vip(i: usize) -> Ipv4Addr {
 /// the first), each with two backends.
 fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     let mut desired = Desired::default();
-    let mut add = |id: u64, addr: (IpAddr, u16), backends: Vec<(IpAddr, u16)>| {
+    let mut add = |id: u64, addr: (IpAddr, u16), backends: Vec<(IpAddr, u16)>, redirect: bool| {
         let set = SetId {
             id,
             set: if addr.0.is_ipv6() {
@@ -157,18 +166,24 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                     affinity_timeout: None,
                     protocol: Protocol::Udp,
                     count_only: false,
-                    redirect: false,
+                    redirect: redirect && key_scope == scope::POD,
                 },
             );
         }
     };
     let under_test = (vip(0).into(), 53);
     let backend = (Ipv4Addr::new(10, 244, 0, 2).into(), 5353);
-    add(1, under_test, vec![backend]);
-    add(2, backend, vec![under_test]);
+    add(1, under_test, vec![backend], false);
+    add(2, backend, vec![under_test], false);
     let (vip6, backend6) = ((VIP6.0.into(), VIP6.1), (BACKEND6.0.into(), BACKEND6.1));
-    add(4, vip6, vec![backend6]);
-    add(5, backend6, vec![vip6]);
+    add(4, vip6, vec![backend6], false);
+    add(5, backend6, vec![vip6], false);
+    let (rv, rb) = (
+        (REDIRECT_VIP.0.into(), REDIRECT_VIP.1),
+        (REDIRECT_BACKEND.0.into(), REDIRECT_BACKEND.1),
+    );
+    add(6, rv, vec![rb], true);
+    add(7, rb, vec![rv], true);
     for i in 1..services {
         let i64 = u64::try_from(i).expect("small");
         add(
@@ -184,6 +199,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
                     8080,
                 ),
             ],
+            false,
         );
     }
     // A service nftables serves: the programs only count its packets.
@@ -204,6 +220,19 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     }
     let (w, _) = writes::plan_writes(&writes::ServiceMaps::default(), &desired, 1);
     store::apply(&mut dp.maps, &w)?;
+    for addr in [REDIRECT_VIP.0, REDIRECT_BACKEND.0] {
+        dp.maps
+            .local_endpoints
+            .put(
+                super::forwarding::addr_key(addr),
+                proxy_common::LocalEndpoint {
+                    if_index: 1,
+                    pod_mac: [2, 0, 0, 0, 0, 9],
+                    host_mac: [2, 0, 0, 0, 0, 8],
+                },
+            )
+            .map_err(BpfError::Store)?;
+    }
     Ok(())
 }
 
@@ -248,8 +277,28 @@ fn run_median(
     Ok(samples[samples.len() / 2])
 }
 
+const REDIRECT_CASE: &str = "established flow, DNAT and redirect to a local pod";
+
+/// A packet to the redirected service, with the highest TTL (see [`REDIRECT_REPEAT`]).
+fn redirect_frame(client: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut f = udp_frame(client, REDIRECT_VIP, 64);
+    let old = u16::from_be_bytes([f[22], f[23]]);
+    f[22] = 255;
+    let new = u16::from_be_bytes([f[22], f[23]]);
+    // RFC 1624 update of the header checksum for the TTL word.
+    let check = u16::from_be_bytes([f[24], f[25]]);
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "folded above")]
+    let c = !(sum as u16);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 /// The cases measured: program, case, and the frame it runs on.
-fn cases() -> [(&'static str, &'static str, Vec<u8>); 9] {
+fn cases() -> [(&'static str, &'static str, Vec<u8>); 10] {
     let client = (Ipv4Addr::new(10, 244, 9, 9), 40000);
     let to_vip = udp_frame(client, (vip(0), 53), 64);
     let reply = udp_frame((Ipv4Addr::new(10, 244, 0, 2), 5353), client, 64);
@@ -264,6 +313,11 @@ fn cases() -> [(&'static str, &'static str, Vec<u8>); 9] {
             to_counted.clone(),
         ),
         (program_names::TC_INGRESS, "established flow, DNAT", to_vip),
+        (
+            program_names::TC_INGRESS,
+            REDIRECT_CASE,
+            redirect_frame(client),
+        ),
         (
             program_names::TC_INGRESS,
             "counted, to nftables",
@@ -332,7 +386,12 @@ pub fn prog_costs(
         }
     }
     for _ in 0..alternations.max(1) {
-        for (i, (program, _, frame)) in cases.iter().enumerate() {
+        for (i, (program, case, frame)) in cases.iter().enumerate() {
+            let (repeat, rounds) = if *case == REDIRECT_CASE {
+                (repeat.min(REDIRECT_REPEAT), rounds.max(1) * 20)
+            } else {
+                (repeat, rounds)
+            };
             for (d, (_, dp)) in datapaths.iter_mut().enumerate() {
                 let cost = run_median(dp, program, frame, repeat, rounds)?;
                 let best = &mut out[d * cases.len() + i].per_packet;

@@ -70,6 +70,8 @@ pub struct PortView {
     /// Service-map entries translating its traffic, and entries only counting it.
     pub accelerated_entries: usize,
     pub counted_entries: usize,
+    /// Of the accelerated entries, those whose new pod flows are redirected.
+    pub redirect_entries: usize,
     pub counter: ServiceCounter,
 }
 
@@ -87,6 +89,9 @@ pub struct FlowCounts {
     pub fast: usize,
     /// Entries marking flows nftables started (one per flow).
     pub nftables_owned: usize,
+    /// Of the fast-path entries, those of redirect flows (the node's conntrack never sees
+    /// them).
+    pub redirect: usize,
     /// Capacity of each family's table (`HP_FLOWS` and `HP_FLOWS6` have the same).
     pub capacity: u32,
 }
@@ -99,6 +104,9 @@ pub struct PinnedView {
     /// build's.
     pub layout_version: u32,
     pub generation: u64,
+    /// `HP_META`'s [`proxy_common::forwarding`] value: the forwarding of unannotated
+    /// Services the agent last applied.
+    pub forwarding: u32,
     pub attachments: Vec<AttachmentView>,
     pub ports: Vec<PortView>,
     pub stats: Vec<(StatIndex, u64)>,
@@ -127,6 +135,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
         pin_path: pin.to_path_buf(),
         layout_version: meta.layout_version,
         generation: meta.generation,
+        forwarding: meta.forwarding,
         attachments,
         ports: Vec::new(),
         stats: Vec::new(),
@@ -136,7 +145,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
         return Ok(Some(view));
     }
     let maps = KernelMaps::open_pinned(pin)?;
-    let mut entries: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    let mut entries: BTreeMap<u64, (usize, usize, usize)> = BTreeMap::new();
     for (_, v) in store::entries(&maps)? {
         let e = entries.entry(v.id).or_default();
         if v.flags & service_flags::COUNT_ONLY == 0 {
@@ -144,9 +153,13 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
         } else {
             e.1 += 1;
         }
+        if v.flags & service_flags::REDIRECT != 0 {
+            e.2 += 1;
+        }
     }
     for (id, info) in maps.ports()? {
-        let (accelerated_entries, counted_entries) = entries.get(&id).copied().unwrap_or_default();
+        let (accelerated_entries, counted_entries, redirect_entries) =
+            entries.get(&id).copied().unwrap_or_default();
         view.ports.push(PortView {
             id,
             label: writes::port_label(&info),
@@ -155,6 +168,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
             external: PathState::of_code(info.external),
             accelerated_entries,
             counted_entries,
+            redirect_entries,
             counter: if info.counter == 0 {
                 ServiceCounter::default()
             } else {
@@ -171,6 +185,9 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
     for f in store::flow_entries(&maps)? {
         if f.owner == owner::FAST {
             view.flows.fast += 1;
+            if f.forwarding == proxy_common::forwarding::REDIRECT {
+                view.flows.redirect += 1;
+            }
         } else {
             view.flows.nftables_owned += 1;
         }

@@ -155,6 +155,7 @@ pub fn flow_entries(store: &dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> 
             owner: v.owner,
             last_seen_ns: v.last_seen_ns,
             tcp_flags: v.tcp_flags,
+            forwarding: v.forwarding,
             counter: v.counter,
             nat: Endpoint::V4(v.nat),
         })
@@ -165,6 +166,7 @@ pub fn flow_entries(store: &dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> 
         owner: v.owner,
         last_seen_ns: v.last_seen_ns,
         tcp_flags: v.tcp_flags,
+        forwarding: v.forwarding,
         counter: v.counter,
         nat: Endpoint::V6(v.nat),
     }));
@@ -179,6 +181,8 @@ pub struct FlowEntry {
     pub owner: u8,
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
+    /// A [`proxy_common::forwarding`] value.
+    pub forwarding: u8,
     pub counter: u32,
     pub nat: Endpoint,
 }

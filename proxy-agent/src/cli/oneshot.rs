@@ -114,11 +114,12 @@ fn apply_fast_path(config: &Config, state: &ClusterState, plan: &ProxyPlan, gene
         .node()
         .map(|n| crate::model::node::normalise_node(n, &mut Vec::new()).pod_cidrs)
         .unwrap_or_default();
-    match crate::bpf::FastPath::open(&fp_config, &pod_cidrs)
-        .and_then(|mut fp| fp.apply(plan, u64::from(generation)))
-    {
-        Ok(report) => eprintln!(
-            "fast path ({}): {} of {} service ports accelerated",
+    match crate::bpf::FastPath::open(&fp_config, &pod_cidrs).and_then(|mut fp| {
+        let report = fp.apply(plan, u64::from(generation))?;
+        Ok((report, fp.forwarding().clone()))
+    }) {
+        Ok((report, forwarding)) => eprintln!(
+            "fast path ({}): {} of {} service ports accelerated; forwarding {forwarding}",
             fp_config.mode,
             report.accelerated_ports(),
             report.ports.len()

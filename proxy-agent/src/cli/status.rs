@@ -48,16 +48,33 @@ pub struct FastPathStatus {
     pub generation: u64,
     /// Whether it applied the generation nftables holds.
     pub in_step: Option<bool>,
+    pub forwarding: ForwardingStatus,
     pub connections: Connections,
     pub attachments: Vec<AttachmentStatus>,
     pub ports: Vec<PortStatus>,
     pub events: BTreeMap<String, u64>,
 }
 
+/// How accelerated pod flows are forwarded.
+#[derive(Debug, Serialize)]
+pub struct ForwardingStatus {
+    /// `acceleration.forwarding` in the configuration this command read.
+    pub configured: String,
+    /// What the agent last applied for Services without an annotation: `redirect` or
+    /// `stack`.
+    pub in_force: String,
+    /// With `auto`: why the node needs the stack, judged now from what it has (`None`:
+    /// nothing does).
+    pub auto_reason: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Connections {
     /// Fast-path flows (each has two entries).
     pub fast_flows: usize,
+    /// Of those, redirect flows: the node's conntrack does not hold them (`conntrack -L`
+    /// does not list them).
+    pub redirect_flows: usize,
     /// Flows nftables started, marked so that the fast path leaves them alone.
     pub nftables_owned: usize,
     pub entries: usize,
@@ -89,6 +106,11 @@ pub struct PortStatus {
     /// Per second, over `--interval`.
     pub seen_pps: Option<f64>,
     pub fast_pps: Option<f64>,
+    /// `redirect` when new pod flows bypass the node's stack, `stack` when they are
+    /// accelerated through it, `-` when pod traffic is not accelerated.
+    pub forwarding: String,
+    /// Packets the programs delivered themselves (redirect), both directions.
+    pub redirected_packets: u64,
 }
 
 pub fn status(opts: &StatusOptions) -> anyhow::Result<ExitCode> {
@@ -109,7 +131,10 @@ pub fn status(opts: &StatusOptions) -> anyhow::Result<ExitCode> {
     let status = Status {
         configured_mode: config.acceleration.mode.name().to_owned(),
         nftables_generation,
-        fast_path: view.map(|v| fast_path_status(&v, nftables_generation, rates.as_ref())),
+        fast_path: view.map(|v| {
+            let forwarding = forwarding_status(&config, &v);
+            fast_path_status(&v, nftables_generation, rates.as_ref(), forwarding)
+        }),
     };
     if opts.json {
         println!(
@@ -122,10 +147,33 @@ pub fn status(opts: &StatusOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The forwarding in force (from the maps) and, under `auto`, the node's judgement now.
+fn forwarding_status(config: &crate::config::Config, v: &PinnedView) -> ForwardingStatus {
+    let fp = config.fast_path();
+    let in_force = crate::bpf::forwarding::Forwarding::recorded(v.forwarding);
+    let auto_reason = (fp.forwarding == crate::bpf::forwarding::ForwardingMode::Auto)
+        .then(|| {
+            let pods: Vec<String> = v
+                .attachments
+                .iter()
+                .filter(|a| a.attachment.hook == crate::bpf::kernel::Hook::TcIngress)
+                .map(|a| a.attachment.interface.clone())
+                .collect();
+            crate::bpf::forwarding::judge(&crate::bpf::forwarding::Facts::read(&pods))
+        })
+        .flatten();
+    ForwardingStatus {
+        configured: fp.forwarding.name().to_owned(),
+        in_force: in_force.effective().to_owned(),
+        auto_reason,
+    }
+}
+
 fn fast_path_status(
     v: &PinnedView,
     nftables_generation: Option<u32>,
     rates: Option<&(BTreeMap<u32, proxy_common::ServiceCounter>, Duration)>,
+    forwarding: ForwardingStatus,
 ) -> FastPathStatus {
     let per_second = |before: u64, after: Option<u64>| {
         rates.and_then(|(_, interval)| {
@@ -151,6 +199,15 @@ fn fast_path_status(
                 fast_packets: p.counter.fast_packets,
                 seen_pps: per_second(p.counter.seen_packets, later.map(|c| c.seen_packets)),
                 fast_pps: per_second(p.counter.fast_packets, later.map(|c| c.fast_packets)),
+                forwarding: if !p.pods.is_fast() {
+                    "-"
+                } else if p.redirect_entries > 0 {
+                    "redirect"
+                } else {
+                    "stack"
+                }
+                .to_owned(),
+                redirected_packets: p.counter.redirected_packets,
             }
         })
         .collect();
@@ -160,8 +217,10 @@ fn fast_path_status(
         readable: v.layout_ok(),
         generation: v.generation,
         in_step: nftables_generation.map(|g| u64::from(g) == v.generation),
+        forwarding,
         connections: Connections {
             fast_flows: v.flows.fast / 2,
+            redirect_flows: v.flows.redirect / 2,
             nftables_owned: v.flows.nftables_owned,
             entries: v.flows.fast + v.flows.nftables_owned,
             capacity: v.flows.capacity,
@@ -235,6 +294,20 @@ pub fn render(s: &Status) -> String {
         );
         return out;
     }
+    let f = &fp.forwarding;
+    let _ = write!(
+        out,
+        "forwarding: {} for Services without an annotation (configured {})",
+        f.in_force, f.configured
+    );
+    match &f.auto_reason {
+        Some(r) => {
+            let _ = writeln!(out, "; the node needs the stack: {r}");
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
     connections(&mut out, fp);
     let _ = writeln!(out, "\nINTERFACE          HOOK         MODE");
     for a in &fp.attachments {
@@ -256,15 +329,16 @@ pub fn render(s: &Status) -> String {
         .max(12);
     let _ = writeln!(
         out,
-        "\n{:<width$}  {:<32}  {:<36}  {:>9}  {:>9}",
-        "SERVICE PORT", "FROM PODS", "FROM OUTSIDE", "PPS", "FAST PPS"
+        "\n{:<width$}  {:<32}  {:<8}  {:<36}  {:>9}  {:>9}",
+        "SERVICE PORT", "FROM PODS", "FORWARD", "FROM OUTSIDE", "PPS", "FAST PPS"
     );
     for p in &fp.ports {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<32}  {:<36}  {:>9}  {:>9}",
+            "{:<width$}  {:<32}  {:<8}  {:<36}  {:>9}  {:>9}",
             p.port,
             p.pods,
+            p.forwarding,
             p.external,
             pps(p.seen_pps),
             pps(p.fast_pps)
@@ -293,8 +367,8 @@ fn connections(out: &mut String, fp: &FastPathStatus) {
     };
     let _ = writeln!(
         out,
-        "connections: {} fast-path flow(s), {} nftables flow(s) marked; {} of {} entries ({used:.1}%)",
-        c.fast_flows, c.nftables_owned, c.entries, c.capacity
+        "connections: {} fast-path flow(s) ({} redirected: not in conntrack -L), {} nftables flow(s) marked; {} of {} entries ({used:.1}%)",
+        c.fast_flows, c.redirect_flows, c.nftables_owned, c.entries, c.capacity
     );
     let table_full = fp.events.get("table_full").copied().unwrap_or(0);
     if table_full > 0 {

@@ -13,6 +13,7 @@ pub mod load;
 pub mod process;
 pub mod report;
 pub mod svg;
+pub mod wrk;
 pub mod xdp_live;
 
 use std::{
@@ -88,7 +89,7 @@ impl Options {
             server_threads: 2,
             data_warmup: Duration::from_millis(500),
             data_seconds: Duration::from_secs(1),
-            data_windows: 3,
+            data_windows: 5,
             cost_services: vec![1, 10_000],
             cost_repeat: 100_000,
             cost_rounds: 5,

@@ -52,6 +52,76 @@ impl Goal {
     }
 }
 
+/// One path's figure at the fewest Services measured.
+fn at_fewest(d: &DataResult, path: ServedBy, get: Get) -> Option<f64> {
+    let small = d.runs.iter().map(|r| r.services).min()?;
+    d.run(path, small)
+        .map(get)
+        .filter(|v| v.is_finite() && *v > 0.0)
+}
+
+/// The lowest per-packet cost of a TC program's IPv4 cases (ns), at any service count.
+fn worst_tc_cost(d: &DataResult) -> Option<(f64, String)> {
+    d.prog_cost
+        .iter()
+        .filter(|r| r.program.starts_with("hp_tc") && !r.case.contains("IPv6"))
+        .map(|r| (r.ns_per_packet, format!("{} {}", r.program, r.case)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The east-west goals: the fast path's redirect against nftables and against the limit,
+/// and the TC programs' cost.
+fn east_west_goals(data: Option<&DataResult>, judged: bool) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let east_west: [(&str, f64, Get); 2] = [
+        ("new TCP connections/s", 1.3, |r| {
+            r.tcp_connections.per_second
+        }),
+        ("TCP request/response on open connections", 1.4, |r| {
+            r.tcp_requests.per_second
+        }),
+    ];
+    for (what, target, get) in east_west {
+        goals.push(Goal::new(
+            &format!("fast path (redirect) at least {target}x nftables: {what}"),
+            data.and_then(|d| fast_over_nft(d, get))
+                .map(|(small, large)| {
+                    (
+                        format!(
+                            "{} with few Services, {} with 10k",
+                            times(small),
+                            times(large)
+                        ),
+                        judged.then_some(small >= target && large >= target),
+                    )
+                }),
+        ));
+    }
+    for (what, get) in east_west.map(|(w, _, g)| (w, g)) {
+        goals.push(Goal::new(
+            &format!("fast path (redirect) at least pod to pod with no tables: {what}"),
+            data.and_then(|d| {
+                let ratio =
+                    at_fewest(d, ServedBy::FastPath, get)? / at_fewest(d, ServedBy::Direct, get)?;
+                Some((
+                    format!("{} of pod to pod", times(ratio)),
+                    judged.then_some(ratio >= 1.0),
+                ))
+            }),
+        ));
+    }
+    goals.push(Goal::new(
+        "per-packet cost of the TC programs at most 100 ns (IPv4)",
+        data.and_then(worst_tc_cost).map(|(ns, case)| {
+            (
+                format!("worst {ns:.0} ns ({case})"),
+                judged.then_some(ns <= 100.0),
+            )
+        }),
+    ));
+    goals
+}
+
 /// Fast path over nftables for one figure, with the fewest and with the most Services.
 fn fast_over_nft(d: &DataResult, get: Get) -> Option<(f64, f64)> {
     let small = d.runs.iter().map(|r| r.services).min()?;
@@ -267,12 +337,10 @@ impl Report {
         // Judged only on a full run: --quick's figures mean nothing.
         let judged = !self.quick
             && data.and_then(|d| d.runs.iter().map(|r| r.services).max()) == Some(10_000);
-        let metrics: [(&str, Get); 2] = [
-            ("new TCP connections/s", |r| r.tcp_connections.per_second),
-            ("packets/s (XDP path, live frames)", |r| {
-                r.xdp_packets.per_second
-            }),
-        ];
+        goals.extend(east_west_goals(data, judged));
+        let metrics: [(&str, Get); 1] = [("packets/s (XDP path, live frames)", |r| {
+            r.xdp_packets.per_second
+        })];
         for (what, get) in metrics {
             goals.push(Goal::new(
                 &format!("fast path at least 2x nftables: {what}"),
@@ -473,6 +541,122 @@ impl Report {
         t
     }
 
+    /// Pod to ClusterIP on every path at the fewest Services (and the fast path's two
+    /// forwarding modes at the most), with the machine's CPU per operation.
+    fn east_west_table(&self) -> String {
+        let Some(d) = &self.data else {
+            return String::new();
+        };
+        let Some(small) = d.runs.iter().map(|r| r.services).min() else {
+            return String::new();
+        };
+        let big = d.runs.iter().map(|r| r.services).max().unwrap_or(small);
+        let mut t = String::from("| metric |");
+        for p in ServedBy::ALL {
+            let _ = write!(t, " {} |", p.label());
+        }
+        t.push_str(" redirect / nft | redirect / pod to pod |\n|---|---|---|---|---|---|---|\n");
+        let metrics: [(&str, Get); 6] = [
+            ("new TCP connections/s", |r| r.tcp_connections.per_second),
+            ("TCP requests/s (open connections)", |r| {
+                r.tcp_requests.per_second
+            }),
+            ("UDP requests/s", |r| r.udp_requests.per_second),
+            ("CPU per new connection (us)", |r| {
+                r.tcp_connections.cpu_us_per_op
+            }),
+            ("CPU per TCP request (us)", |r| r.tcp_requests.cpu_us_per_op),
+            ("CPU per UDP request (us)", |r| r.udp_requests.cpu_us_per_op),
+        ];
+        for (name, get) in metrics {
+            let cpu = name.starts_with("CPU");
+            let value = |p| d.run(p, small).map_or(f64::NAN, get);
+            let _ = write!(t, "| {name} |");
+            for p in ServedBy::ALL {
+                let v = value(p);
+                if cpu {
+                    let _ = write!(t, " {v:.1} |");
+                } else {
+                    let _ = write!(t, " {} |", svg::compact(v));
+                }
+            }
+            let redirect = value(ServedBy::FastPath);
+            let _ = writeln!(
+                t,
+                " **{}** | **{}** |",
+                times(redirect / value(ServedBy::Nftables)),
+                times(redirect / value(ServedBy::Direct))
+            );
+        }
+        if big != small {
+            let _ = writeln!(
+                t,
+                "\nWith {} Services loaded (no pod-to-pod run: it has no Services):\n\n| metric | nftables | fast path, stack | fast path, redirect | redirect / nft |\n|---|---|---|---|---|",
+                thousands(big)
+            );
+            for (name, get) in metrics.iter().take(3) {
+                let value = |p| d.run(p, big).map_or(f64::NAN, get);
+                let _ = writeln!(
+                    t,
+                    "| {name} | {} | {} | {} | **{}** |",
+                    svg::compact(value(ServedBy::Nftables)),
+                    svg::compact(value(ServedBy::FastStack)),
+                    svg::compact(value(ServedBy::FastPath)),
+                    times(value(ServedBy::FastPath) / value(ServedBy::Nftables))
+                );
+            }
+        }
+        t
+    }
+
+    /// wrk against nginx, on the paths that ran it.
+    fn wrk_table(&self) -> String {
+        let Some(d) = &self.data else {
+            return String::new();
+        };
+        let runs: Vec<&PathRun> = ServedBy::ALL
+            .iter()
+            .filter_map(|p| d.runs.iter().find(|r| r.path == *p && r.wrk.is_some()))
+            .collect();
+        if runs.is_empty() {
+            return "not measured (nginx or wrk missing)\n".into();
+        }
+        let mut t = String::from("| HTTP requests/s |");
+        for r in &runs {
+            let _ = write!(t, " {} |", r.path.label());
+        }
+        t.push_str(" redirect / nft |\n|---|");
+        for _ in &runs {
+            t.push_str("---|");
+        }
+        t.push_str("---|\n");
+        let get = |p: ServedBy, keep: bool| {
+            d.runs
+                .iter()
+                .find(|r| r.path == p)
+                .and_then(|r| r.wrk.as_ref())
+                .map_or(f64::NAN, |w| {
+                    if keep {
+                        w.keep_alive.requests_per_second
+                    } else {
+                        w.new_connections.requests_per_second
+                    }
+                })
+        };
+        for (name, keep) in [("keep-alive", true), ("new connection per request", false)] {
+            let _ = write!(t, "| {name} |");
+            for r in &runs {
+                let _ = write!(t, " {} |", svg::compact(get(r.path, keep)));
+            }
+            let _ = writeln!(
+                t,
+                " **{}** |",
+                times(get(ServedBy::FastPath, keep) / get(ServedBy::Nftables, keep))
+            );
+        }
+        t
+    }
+
     fn cost_table(&self) -> String {
         let Some(d) = &self.data else {
             return String::new();
@@ -634,6 +818,12 @@ impl Report {
             self.skipped()
         );
         if self.data.is_some() {
+            let _ = writeln!(
+                s,
+                "Pod to ClusterIP (local backends):\n\n{}\nwrk against nginx:\n\n{}",
+                self.east_west_table(),
+                self.wrk_table()
+            );
             let _ = writeln!(s, "Data plane:\n\n{}", self.data_table());
             let _ = writeln!(
                 s,
@@ -706,44 +896,62 @@ impl Report {
             self.apply_table()
         );
         if let Some(d) = &self.data {
-            let _ = writeln!(
-                s,
-                "## Data plane\n\nThe namespace lab: a client pod and two backend pods on node-a. \
+            s.push_str(&self.data_section(d));
+        }
+        s
+    }
+
+    /// The report's data-plane section.
+    fn data_section(&self, d: &DataResult) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## Data plane\n\nThe namespace lab: a client pod and two backend pods on node-a. \
                  Connections and UDP requests go from the client pod to a ClusterIP ({} client \
                  threads, {} server threads per backend pod; the paths take turns for {} rounds of \
-                 one {:.1}-s window each, after a warm-up, and each figure keeps its best \
-                 window): a new TCP \
+                 one {:.1}-s window each, after a warm-up, and each figure is the median of its \
+                 rounds; packets/s keep the best): a new TCP \
                  connection is connect, one request and reply, close; UDP requests use one flow per \
                  client thread. Packets/s: 64-byte UDP frames for a LoadBalancer IP with \
                  `externalTrafficPolicy: Local`, injected on node-a's `eth0` by \
                  `BPF_PROG_TEST_RUN` in live-frames mode from one thread, counted where they \
                  arrive (the backend pod's interface). *nftables*: `proxy-agent apply`; *fast \
-                 path*: `proxy-agent apply` with `acceleration.mode: all`.\n\n{}\n\
+                 path*: `proxy-agent apply` with `acceleration.mode: all` and `forwarding: \
+                 redirect` (*stack*: the same with `forwarding: stack`); *pod to pod*: the \
+                 client to the backend pods' own addresses after `proxy-agent cleanup` (no \
+                 Service, no tables, no conntrack): the limit. Request/response keeps one TCP \
+                 connection per client thread open. CPU is the whole machine's busy time \
+                 (`/proc/stat`) per operation.\n\n### Pod to ClusterIP\n\n{}\n\
+                 ### wrk against nginx\n\nnginx (one worker) in each backend pod, `wrk` (2 \
+                 threads, 16 connections) in the client pod, to the ClusterIP (pod to pod: one \
+                 `wrk` per backend pod, the same threads and connections in all).\n\n{}\n\
+                 ### By Service count\n\n{}\n\
                  ![throughput](throughput.svg)\n\n### What a packet on the XDP path costs\n\n\
                  The same live frames, sent to the backend pod's own address (no translation), \
                  before and after our tables exist. Both paths pass the frame to the kernel's \
                  stack, conntrack included: the fast path saves nftables' DNAT only.\n\n{}\n\
                  The fast path's counters during its runs (every flow it started, and any that \
                  fell back to nftables):\n\n{}",
-                d.client_threads,
-                d.server_threads_per_pod,
-                d.windows,
-                d.seconds_per_window,
-                self.data_table(),
-                self.xdp_steps_table(),
-                self.fast_path_counters()
-            );
-            let _ = writeln!(
-                s,
-                "### Per-packet cost\n\n`BPF_PROG_TEST_RUN` of the programs on private copies \
+            d.client_threads,
+            d.server_threads_per_pod,
+            d.windows,
+            d.seconds_per_window,
+            self.east_west_table(),
+            self.wrk_table(),
+            self.data_table(),
+            self.xdp_steps_table(),
+            self.fast_path_counters()
+        );
+        let _ = writeln!(
+            s,
+            "### Per-packet cost\n\n`BPF_PROG_TEST_RUN` of the programs on private copies \
                  of the datapath, one per service count, loaded side by side and measured in \
                  turn, case by case: the kernel's average per run, median of a few rounds, \
                  lowest of several turns. On a shared VM a case can sit 20-30% higher for \
                  seconds at a time, so differences of that size between counts are within \
                  noise; compare several runs.\n\n{}",
-                self.cost_table()
-            );
-        }
+            self.cost_table()
+        );
         s
     }
 
@@ -803,23 +1011,52 @@ impl Report {
         let mut counts: Vec<usize> = d.runs.iter().map(|r| r.services).collect();
         counts.sort_unstable();
         counts.dedup();
-        let metrics: [(&str, Get); 3] = [
-            ("TCP connections/s", |r| r.tcp_connections.per_second),
-            ("UDP requests/s", |r| r.udp_requests.per_second),
-            ("XDP packets/s", |r| r.xdp_packets.per_second),
+        let metrics: [(&str, Get, &[ServedBy]); 4] = [
+            (
+                "TCP connections/s",
+                |r| r.tcp_connections.per_second,
+                &ServedBy::ALL,
+            ),
+            (
+                "TCP requests/s",
+                |r| r.tcp_requests.per_second,
+                &ServedBy::ALL,
+            ),
+            (
+                "UDP requests/s",
+                |r| r.udp_requests.per_second,
+                &ServedBy::ALL,
+            ),
+            (
+                "XDP packets/s",
+                |r| r.xdp_packets.per_second,
+                &[ServedBy::Nftables, ServedBy::FastPath],
+            ),
         ];
+        let colour = |p: ServedBy| match p {
+            ServedBy::Nftables => PALETTE[2],
+            ServedBy::FastStack => PALETTE[1],
+            ServedBy::FastPath => PALETTE[0],
+            ServedBy::Direct => PALETTE[3],
+        };
         let panels: Vec<Panel> = metrics
             .iter()
-            .map(|(title, get)| Panel {
+            .map(|(title, get, paths)| Panel {
                 title: (*title).to_owned(),
-                bars: [ServedBy::Nftables, ServedBy::FastPath]
+                bars: counts
                     .iter()
-                    .flat_map(|p| counts.iter().map(move |n| (*p, *n)))
-                    .enumerate()
-                    .map(|(i, (path, n))| Bar {
-                        label: format!("{}, {} Services", path.label(), thousands(n)),
-                        colour: PALETTE[[2, 3, 0, 1][i % 4]],
-                        value: d.run(path, n).map_or(0.0, get),
+                    .flat_map(|n| paths.iter().map(move |p| (*p, *n)))
+                    .filter_map(|(path, n)| {
+                        let r = d.run(path, n)?;
+                        Some(Bar {
+                            label: if path == ServedBy::Direct {
+                                format!("{} (the limit)", path.label())
+                            } else {
+                                format!("{}, {} Services", path.label(), thousands(n))
+                            },
+                            colour: colour(path),
+                            value: get(r),
+                        })
                     })
                     .collect(),
             })
