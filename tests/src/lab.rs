@@ -12,6 +12,10 @@
 //! ARP. The external client routes the Service CIDR, the load-balancer range and the external
 //! IP range to node-a. Everything is deleted when the lab is dropped.
 //!
+//! [`Lab::bridged`] wires node-a's pods the way Flannel's `bridge` plugin does instead: one
+//! bridge `cni0` (10.244.1.1/24, the pods' gateway) with a veth port per pod, each pod in the
+//! /24 (no host routes); node-b stays routed.
+//!
 //! [`Lab::dual_stack`] adds IPv6 alongside, mirroring the IPv4 wiring:
 //!
 //! ```text
@@ -127,6 +131,8 @@ pub struct Lab {
     dir: PathBuf,
     next_host: [u8; 2],
     dual_stack: bool,
+    /// Node-a's pods are ports of the bridge `cni0`.
+    bridged: bool,
 }
 
 fn sysctl(ns: &Netns, key: &str, value: &str) {
@@ -149,6 +155,17 @@ impl Lab {
     /// Builds the lab's nodes and external client (no pods yet).
     pub fn new(tag: &str) -> Self {
         Self::build(tag, false)
+    }
+
+    /// As [`Lab::new`], with node-a's pods on a bridge (see the module docs).
+    pub fn bridged(tag: &str) -> Self {
+        let mut lab = Self::build(tag, false);
+        lab.bridged = true;
+        let n = &lab.node;
+        n.ip(&["link", "add", "cni0", "type", "bridge"]);
+        n.ip(&["addr", "add", "10.244.1.1/24", "dev", "cni0"]);
+        n.ip(&["link", "set", "cni0", "up"]);
+        lab
     }
 
     /// As [`Lab::new`], with IPv6 too (see the module docs); pods added later get both
@@ -222,6 +239,7 @@ impl Lab {
             dir,
             next_host: [5, 5],
             dual_stack,
+            bridged: false,
         };
         if dual_stack {
             crate::netns::wait_no_tentative(&[&lab.node, &lab.node_b, &lab.external]);
@@ -267,6 +285,9 @@ impl Lab {
         let ns = Netns::new(&format!("{}-p", &node.name()[4..node.name().len().min(12)]));
         if self.dual_stack {
             no_dad(&ns);
+        }
+        if self.bridged && on == On::NodeA {
+            return self.add_bridged_pod(name, ns, host);
         }
         let node_if = format!("cali{subnet}{host:03}");
         ns.veth("eth0", node, &node_if);
@@ -328,6 +349,33 @@ impl Lab {
             ip,
             ip6,
             on,
+        });
+        ip
+    }
+
+    /// A pod of node-a as the `bridge` CNI plugin wires it: a veth port of `cni0`, the
+    /// pod's address in the bridge's /24, the bridge as its gateway. One datagram to the
+    /// gateway makes the node and the bridge learn the pod's MAC, as any pod's first
+    /// packet does.
+    fn add_bridged_pod(&mut self, name: &str, ns: Netns, host: u8) -> Ipv4Addr {
+        let node = &self.node;
+        let ip = Ipv4Addr::new(10, 244, 1, host);
+        let port = format!("veth1{host:03}");
+        ns.veth("eth0", node, &port);
+        node.ip(&["link", "set", &port, "master", "cni0"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        ns.run(|| {
+            if let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") {
+                let _ = s.send_to(b"hello", "10.244.1.1:9");
+            }
+        });
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ns,
+            ip,
+            ip6: None,
+            on: On::NodeA,
         });
         ip
     }

@@ -124,7 +124,11 @@ const OFF: &str = ", annotations: {hybrid-proxy.io/acceleration: \"off\"}";
 
 /// Backends `a1`, `a2` (node-a) and `b1` (node-b) serving 8080; client pod `c1` (node-a).
 fn lab(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag);
+    with_pods(Lab::new(tag))
+}
+
+/// [`lab`]'s pods in `lab`.
+fn with_pods(mut lab: Lab) -> Lab {
     for (pod, on) in [
         ("a1", On::NodeA),
         ("a2", On::NodeA),
@@ -1208,9 +1212,29 @@ fn redirect_keeps_pod_flows_out_of_conntrack_and_stack_keeps_them_in() {
     if !privileged::root_or_skip("accel_redirect") {
         return;
     }
-    let lab = lab("ard");
-    let pin = Pin::new("redirect", &lab);
+    redirect_or_stack(&lab("ard"), "redirect");
+}
+
+/// As above, with node-a's pods on a bridge (Flannel's `cni0`): the host-side interfaces
+/// are bridge ports, and the node finds its pods in the bridge's forwarding database.
+#[test]
+fn redirect_and_stack_serve_pods_on_a_bridge() {
+    if !privileged::root_or_skip("accel_redirect_bridge") {
+        return;
+    }
+    let lab = with_pods(Lab::bridged("arb"));
+    // Acceleration off first: nftables serves bridged pods (bridge-nf-call-iptables).
     lab.write_manifests(&forwarding_manifests(&lab));
+    lab.apply(&[]);
+    served_by(&lab, BYPASS, false, &["a1", "b1"]);
+    served_by(&lab, BYPASS_DNS, true, &["a1", "b1"]);
+    redirect_or_stack(&lab, "redirectbr");
+}
+
+/// Both forwarding modes on `lab`: where the flows went (conntrack, the counters).
+fn redirect_or_stack(lab: &Lab, pin_tag: &str) {
+    let pin = Pin::new(pin_tag, lab);
+    lab.write_manifests(&forwarding_manifests(lab));
     let c1 = lab.pod("c1").ip.to_string();
     let (a1, a2, b1) = (
         lab.pod("a1").ip.to_string(),
@@ -1218,7 +1242,7 @@ fn redirect_keeps_pod_flows_out_of_conntrack_and_stack_keeps_them_in() {
         lab.pod("b1").ip.to_string(),
     );
     for forwarding in ["redirect", "stack"] {
-        let config = forwarding_config(&lab, &pin, forwarding);
+        let config = forwarding_config(lab, &pin, forwarding);
         let out = lab.apply(&["--config", arg(&config)]);
         assert!(
             out.contains(&format!("forwarding {forwarding} ({forwarding})")),
@@ -1226,14 +1250,14 @@ fn redirect_keeps_pod_flows_out_of_conntrack_and_stack_keeps_them_in() {
         );
         let _ = lab.node.exec("conntrack", &["-F"]);
         let before = pinned(&pin);
-        served_by(&lab, BYPASS, false, &["a1", "b1"]);
-        served_by(&lab, BYPASS_DNS, true, &["a1", "b1"]);
-        served_by(&lab, PINNED, false, &["a2"]);
+        served_by(lab, BYPASS, false, &["a1", "b1"]);
+        served_by(lab, BYPASS_DNS, true, &["a1", "b1"]);
+        served_by(lab, PINNED, false, &["a2"]);
         let after = pinned(&pin);
         let d = |i| stat(&after, i) - stat(&before, i);
-        let local = conntrack_entries(&lab, &c1, &a1);
-        let remote = conntrack_entries(&lab, &c1, &b1);
-        let annotated = conntrack_entries(&lab, &c1, &a2);
+        let local = conntrack_entries(lab, &c1, &a1);
+        let remote = conntrack_entries(lab, &c1, &b1);
+        let annotated = conntrack_entries(lab, &c1, &a2);
         let web = port(&after, "default/web http").counter.redirected_packets
             - port(&before, "default/web http").counter.redirected_packets;
         let note = format!(

@@ -221,6 +221,22 @@ pub fn pod_interfaces(
             );
         }
     }
+    // A bridge holding the pod route (Flannel's cni0) stands for its ports: the programs
+    // must see each pod's packets before the bridge switches them between pods.
+    let masters = netlink::link_masters().map_err(io)?;
+    let bridges: Vec<(String, u32)> = all
+        .iter()
+        .filter(|(n, i)| out.contains(n) && masters.iter().any(|(_, m)| m == i))
+        .cloned()
+        .collect();
+    for (bridge, index) in bridges {
+        out.remove(&bridge);
+        for (port, _) in masters.iter().filter(|(_, m)| *m == index) {
+            if let Some((name, _)) = all.iter().find(|(_, i)| i == port) {
+                out.insert(name.clone());
+            }
+        }
+    }
     out.remove("lo");
     for e in exclude {
         out.remove(e);
@@ -394,6 +410,7 @@ impl FastPath {
             &netlink::ipv4_routes().map_err(io)?,
             &netlink::link_macs().map_err(io)?,
             &netlink::ipv4_neighbours().map_err(io)?,
+            &netlink::bridge_fdb().map_err(io)?,
             &pod_ifs,
         );
         table::converge(&mut self.datapath.maps.local_endpoints, &want).map_err(BpfError::Store)?;

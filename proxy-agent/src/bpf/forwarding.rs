@@ -20,7 +20,7 @@ use std::{
 use proxy_common::LocalEndpoint;
 use serde_json::Value;
 
-use super::netlink::{Neighbour, Route};
+use super::netlink::{FdbEntry, Neighbour, Route};
 
 /// `acceleration.forwarding`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -363,13 +363,20 @@ pub fn port_redirects(annotation: ForwardingAnnotation, node: &Forwarding) -> bo
     }
 }
 
-/// The pods of this node as the programs deliver to them: every host route (`/32`) through
-/// one of `pod_interfaces` (Calico-style routed pods), with the interface's MAC and the pod's
-/// from the neighbour table (zero while unresolved; the programs then keep the destination).
+/// The pods of this node as the programs deliver to them:
+///
+/// - every host route (`/32`) through one of `pod_interfaces` (Calico-style routed pods),
+///   with the interface's MAC and the pod's from the neighbour table (zero while unresolved;
+///   the programs then keep the destination MAC);
+/// - every neighbour on a bridge whose MAC the bridge learned on one of `pod_interfaces`
+///   (pods on a bridge, as Flannel's `cni0`), with the bridge's MAC as the source. A pod the
+///   node has not exchanged a packet with yet is not known: its flows take the stack until
+///   it is (the next refresh).
 pub fn local_endpoints(
     routes: &[Route],
     macs: &[(u32, [u8; 6])],
     neighbours: &[Neighbour],
+    fdb: &[FdbEntry],
     pod_interfaces: &BTreeSet<u32>,
 ) -> BTreeMap<u32, LocalEndpoint> {
     let mac_of = |i: u32| macs.iter().find(|(x, _)| *x == i).map(|(_, m)| *m);
@@ -393,6 +400,22 @@ pub fn local_endpoints(
                 host_mac,
             },
         );
+    }
+    for n in neighbours {
+        let Some(port) = fdb
+            .iter()
+            .find(|e| e.bridge == n.if_index && e.mac == n.mac && pod_interfaces.contains(&e.port))
+        else {
+            continue;
+        };
+        let Some(host_mac) = mac_of(n.if_index) else {
+            continue;
+        };
+        out.entry(addr_key(n.addr)).or_insert(LocalEndpoint {
+            if_index: port.port,
+            pod_mac: n.mac,
+            host_mac,
+        });
     }
     out
 }
@@ -585,7 +608,7 @@ mod tests {
             addr: pod,
             mac: [0xaa; 6],
         }];
-        let eps = local_endpoints(&routes, &macs, &neighbours, &BTreeSet::from([7, 8]));
+        let eps = local_endpoints(&routes, &macs, &neighbours, &[], &BTreeSet::from([7, 8]));
         assert_eq!(eps.len(), 2);
         assert_eq!(
             eps[&addr_key(pod)],
@@ -596,5 +619,56 @@ mod tests {
             }
         );
         assert_eq!(eps[&addr_key(other)].pod_mac, [0; 6]);
+    }
+
+    #[test]
+    fn pods_on_a_bridge_are_found_through_the_bridges_forwarding_database() {
+        // cni0 (index 3, MAC 02:..:03) with ports 11 and 12 (pods) and 13 (not a pod port).
+        let (a, b, c) = (
+            Ipv4Addr::new(10, 244, 1, 2),
+            Ipv4Addr::new(10, 244, 1, 3),
+            Ipv4Addr::new(10, 244, 1, 4),
+        );
+        let neighbours = [
+            Neighbour {
+                if_index: 3,
+                addr: a,
+                mac: [0xa; 6],
+            },
+            Neighbour {
+                if_index: 3,
+                addr: b,
+                mac: [0xb; 6],
+            },
+            Neighbour {
+                if_index: 3,
+                addr: c,
+                mac: [0xc; 6],
+            },
+        ];
+        let fdb = [
+            FdbEntry {
+                port: 11,
+                bridge: 3,
+                mac: [0xa; 6],
+            },
+            FdbEntry {
+                port: 13,
+                bridge: 3,
+                mac: [0xc; 6],
+            },
+        ];
+        let macs = [(3, [2, 0, 0, 0, 0, 3])];
+        let eps = local_endpoints(&[], &macs, &neighbours, &fdb, &BTreeSet::from([11, 12]));
+        assert_eq!(
+            eps.get(&addr_key(a)),
+            Some(&LocalEndpoint {
+                if_index: 11,
+                pod_mac: [0xa; 6],
+                host_mac: [2, 0, 0, 0, 0, 3]
+            })
+        );
+        assert!(!eps.contains_key(&addr_key(b)), "no port learned its MAC yet");
+        assert!(!eps.contains_key(&addr_key(c)), "not on a pod port");
     }
 }

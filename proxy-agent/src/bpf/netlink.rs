@@ -371,3 +371,67 @@ pub fn ipv4_neighbours() -> io::Result<Vec<Neighbour>> {
     })?;
     Ok(out)
 }
+
+/// Bridge ports: `(port index, bridge index)` of every interface enslaved to another
+/// (`IFLA_MASTER`).
+pub fn link_masters() -> io::Result<Vec<(u32, u32)>> {
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_GETLINK: u16 = 18;
+    const IFLA_MASTER: u16 = 10;
+    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
+    let ifinfomsg = [0u8; 16];
+    let mut out = Vec::new();
+    sock.dump(RTM_GETLINK, &ifinfomsg, |ty, body| {
+        if ty != RTM_NEWLINK || body.len() < 16 {
+            return;
+        }
+        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        for (aty, payload) in attrs(&body[16..]) {
+            if aty == IFLA_MASTER && payload.len() == 4 {
+                out.push((index, u32::from_ne_bytes(payload.try_into().expect("4"))));
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// A bridge forwarding-database entry: a MAC address learned (or set) on a bridge port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub port: u32,
+    pub bridge: u32,
+    pub mac: [u8; 6],
+}
+
+/// The bridges' forwarding databases (`bridge fdb show`).
+pub fn bridge_fdb() -> io::Result<Vec<FdbEntry>> {
+    const RTM_NEWNEIGH: u16 = 28;
+    const RTM_GETNEIGH: u16 = 30;
+    const NDA_LLADDR: u16 = 2;
+    const NDA_MASTER: u16 = 9;
+    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
+    let mut ndmsg = [0u8; 12];
+    ndmsg[0] = u8::try_from(libc::AF_BRIDGE).expect("small");
+    let mut out = Vec::new();
+    sock.dump(RTM_GETNEIGH, &ndmsg, |ty, body| {
+        if ty != RTM_NEWNEIGH || body.len() < 12 {
+            return;
+        }
+        let port = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        let mut mac = None;
+        let mut bridge = None;
+        for (aty, payload) in attrs(&body[12..]) {
+            match aty {
+                NDA_LLADDR => mac = <[u8; 6]>::try_from(payload).ok(),
+                NDA_MASTER if payload.len() == 4 => {
+                    bridge = Some(u32::from_ne_bytes(payload.try_into().expect("4")));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(mac), Some(bridge)) = (mac, bridge) {
+            out.push(FdbEntry { port, bridge, mac });
+        }
+    })?;
+    Ok(out)
+}

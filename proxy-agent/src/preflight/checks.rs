@@ -180,6 +180,36 @@ fn bpf(facts: &Facts, config: &Config) -> Check {
     }
 }
 
+/// What `acceleration.forwarding` will do on this node, and whether that is safe.
+fn forwarding(facts: &Facts, config: &Config) -> Check {
+    use crate::config::ForwardingMode;
+    let why = crate::bpf::forwarding::judge(&facts.forwarding);
+    match (config.acceleration.forwarding, why) {
+        (ForwardingMode::Stack, _) => Check::pass(
+            "forwarding",
+            "stack (configured): accelerated pod flows go through the node's netfilter",
+        ),
+        (ForwardingMode::Auto, None) => Check::pass(
+            "forwarding",
+            "auto: redirect (nothing on the node needs to see forwarded pod traffic)",
+        ),
+        (ForwardingMode::Redirect, None) => Check::pass(
+            "forwarding",
+            "redirect (configured; nothing on the node needs to see forwarded pod traffic)",
+        ),
+        (ForwardingMode::Auto, Some(why)) => Check::warn(
+            "forwarding",
+            format!("auto: stack, because {why}"),
+            "nothing to do: accelerated pod flows keep going through the node's stack; set              acceleration.forwarding: redirect only if those rules need not see them",
+        ),
+        (ForwardingMode::Redirect, Some(why)) => Check::warn(
+            "forwarding",
+            format!("redirect is configured, but {why}: its rules will not see accelerated pod flows"),
+            "set acceleration.forwarding: auto or stack, or annotate the Services whose              traffic those rules must see hybrid-proxy.io/forwarding: stack",
+        ),
+    }
+}
+
 fn bpffs(facts: &Facts, config: &Config) -> Check {
     let pin = &config.acceleration.pin_path;
     if let Some(mount) = facts
@@ -400,6 +430,7 @@ pub fn evaluate(facts: &Facts, config: &Config) -> Report {
         bpf(facts, config),
         btf(facts, config),
         bpffs(facts, config),
+        forwarding(facts, config),
     ];
     checks.extend(interfaces(facts, config));
     checks.push(kube_proxy_iptables(facts));
@@ -433,6 +464,7 @@ mod tests {
             }],
             nft_tables: Ok("table ip hybrid-proxy\ntable ip6 hybrid-proxy\n".into()),
             ip_vs: None,
+            forwarding: crate::bpf::forwarding::Facts::default(),
         }
     }
 
@@ -467,12 +499,43 @@ mod tests {
                 "bpf",
                 "btf",
                 "bpffs",
+                "forwarding",
                 "interface eth0",
                 "kube-proxy-iptables",
                 "kube-proxy-nftables",
                 "kube-proxy-ipvs"
             ]
         );
+    }
+
+    #[test]
+    fn forwarding_says_what_auto_does_and_warns_when_redirect_would_hide_flows() {
+        let mut facts = healthy();
+        let config = accelerated_on(&["eth0"]);
+        let check = |f: &Facts, c: &Config| {
+            evaluate(f, c)
+                .check("forwarding")
+                .cloned()
+                .expect("a forwarding check")
+        };
+        let clean = check(&facts, &config);
+        assert_eq!(clean.status, Status::Pass);
+        assert!(clean.detail.contains("auto: redirect"), "{clean:?}");
+        facts.forwarding.tables = vec!["inet firewalld".into()];
+        let auto = check(&facts, &config);
+        assert_eq!(auto.status, Status::Warn);
+        assert!(
+            auto.detail.contains("auto: stack, because firewalld is on the node"),
+            "{auto:?}"
+        );
+        let mut redirect = config.clone();
+        redirect.acceleration.forwarding = crate::config::ForwardingMode::Redirect;
+        let forced = check(&facts, &redirect);
+        assert_eq!(forced.status, Status::Warn);
+        assert!(forced.fix.contains("hybrid-proxy.io/forwarding: stack"), "{forced:?}");
+        let mut stack = config;
+        stack.acceleration.forwarding = crate::config::ForwardingMode::Stack;
+        assert_eq!(check(&facts, &stack).status, Status::Pass);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Facts {
     pub nft_tables: Result<String, String>,
     /// `/proc/net/ip_vs` (IPv4 and IPv6 virtual servers); `None` when IPVS is not loaded.
     pub ip_vs: Option<String>,
+    /// What bears on bypassing the node's stack (`acceleration.forwarding`): rules of other
+    /// owners, TC programs of others on any interface.
+    pub forwarding: crate::bpf::forwarding::Facts,
 }
 
 /// The `*-save` output of one iptables variant and family.
@@ -195,6 +198,7 @@ pub fn gather() -> Facts {
         can_mount: has_cap_sys_admin(
             &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
         ),
+        forwarding: crate::bpf::forwarding::Facts::read(&interfaces()),
         interfaces: interfaces(),
         iptables,
         ip_vs: std::fs::read_to_string("/proc/net/ip_vs").ok(),
