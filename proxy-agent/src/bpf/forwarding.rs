@@ -668,7 +668,10 @@ mod tests {
                 host_mac: [2, 0, 0, 0, 0, 3]
             })
         );
-        assert!(!eps.contains_key(&addr_key(b)), "no port learned its MAC yet");
+        assert!(
+            !eps.contains_key(&addr_key(b)),
+            "no port learned its MAC yet"
+        );
         assert!(!eps.contains_key(&addr_key(c)), "not on a pod port");
     }
 }

@@ -204,7 +204,9 @@ fn forwarding(facts: &Facts, config: &Config) -> Check {
         ),
         (ForwardingMode::Redirect, Some(why)) => Check::warn(
             "forwarding",
-            format!("redirect is configured, but {why}: its rules will not see accelerated pod flows"),
+            format!(
+                "redirect is configured, but {why}: its rules will not see accelerated pod flows"
+            ),
             "set acceleration.forwarding: auto or stack, or annotate the Services whose              traffic those rules must see hybrid-proxy.io/forwarding: stack",
         ),
     }
@@ -525,14 +527,18 @@ mod tests {
         let auto = check(&facts, &config);
         assert_eq!(auto.status, Status::Warn);
         assert!(
-            auto.detail.contains("auto: stack, because firewalld is on the node"),
+            auto.detail
+                .contains("auto: stack, because firewalld is on the node"),
             "{auto:?}"
         );
         let mut redirect = config.clone();
         redirect.acceleration.forwarding = crate::config::ForwardingMode::Redirect;
         let forced = check(&facts, &redirect);
         assert_eq!(forced.status, Status::Warn);
-        assert!(forced.fix.contains("hybrid-proxy.io/forwarding: stack"), "{forced:?}");
+        assert!(
+            forced.fix.contains("hybrid-proxy.io/forwarding: stack"),
+            "{forced:?}"
+        );
         let mut stack = config;
         stack.acceleration.forwarding = crate::config::ForwardingMode::Stack;
         assert_eq!(check(&facts, &stack).status, Status::Pass);
@@ -818,7 +824,7 @@ mod tests {
         assert!(line.starts_with("FAIL  kube-proxy-nftables"), "{text}");
         assert!(text.contains("fix: stop kube-proxy"), "{text}");
         assert!(
-            text.ends_with("preflight: fail: 8 pass, 0 warn, 1 fail"),
+            text.ends_with("preflight: fail: 9 pass, 0 warn, 1 fail"),
             "{text}"
         );
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
