@@ -351,6 +351,30 @@ pub(crate) fn reply(pkt: &Packet, bytes: usize, at_ingress: bool) -> Option<(Bac
     if owner != owner::FAST || (at_ingress && fwd != forwarding::REDIRECT) {
         return None;
     }
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
+        // A handshake answer on the reply tuple of a flow that ended is another connection's
+        // (the same client port to another service with this backend, served by nftables):
+        // the ended flow's entries go, and the packet passes untouched.
+        let fkey = FlowKey {
+            src: pkt.daddr,
+            dst: nat.addr,
+            sport: pkt.dport,
+            dport: nat.port,
+            proto: pkt.proto,
+            dir: dir::FORWARD,
+            _pad: 0,
+        };
+        let ended = match FLOWS.get_ptr(fkey) {
+            // SAFETY: a live map value.
+            Some(f) => (unsafe { (*f).tcp_flags } & (tcp::FIN | tcp::RST)) != 0,
+            None => true,
+        };
+        if ended {
+            let _ = FLOWS.remove(key);
+            let _ = FLOWS.remove(fkey);
+            return None;
+        }
+    }
     touch(v, pkt.tcp_flags, now());
     count(StatIndex::ReplyTranslated, bytes);
     count_service(slot, false, true);

@@ -351,15 +351,16 @@ fn the_fast_path_serves_the_same_backends_and_client_addresses_as_nftables() {
         stdout(&verify),
         stderr(&verify)
     );
-    let maps = KernelMaps::open_pinned(&pin.path).unwrap();
+    let mut maps = KernelMaps::open_pinned(&pin.path).unwrap();
     let (key, value) = maps
-        .services()
+        .v4()
+        .services
+        .entries()
         .unwrap()
         .into_iter()
         .find(|(_, v)| v.flags & proxy_common::service_flags::COUNT_ONLY == 0)
         .unwrap();
-    let mut maps = maps;
-    maps.delete_service(key).unwrap();
+    maps.v4().services.delete(&key).unwrap();
     let verify = lab.agent("verify", &["--config", arg(&all)]);
     assert!(!verify.status.success());
     assert!(
@@ -368,7 +369,7 @@ fn the_fast_path_serves_the_same_backends_and_client_addresses_as_nftables() {
         "{}",
         stdout(&verify)
     );
-    maps.put_service(key, value).unwrap();
+    maps.v4().services.put(key, value).unwrap();
 
     // Demoted (apply with acceleration off): new flows are served by nftables.
     let off_config = write_config(&lab, &pin, "off", "");

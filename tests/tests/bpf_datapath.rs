@@ -99,8 +99,10 @@ fn clusterip_tcp_flow_is_dnated_followed_and_reverse_translated() {
         let later = valid(&t.from_pod(&Frame::tcp(client, vip, flags).build()).frame);
         assert_eq!(later.dst, backend, "the flow stays on its backend");
     }
+    // The server's answer to the client's FIN (a handshake answer after a FIN would be
+    // another connection's, see `reply`).
     let reply = valid(
-        &t.to_client(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build())
+        &t.to_client(&Frame::tcp(backend, client, TCP_ACK).build())
             .frame,
     );
     assert_eq!(
@@ -535,7 +537,7 @@ fn backend_set_changes_flip_revisions_whole() {
             &ports,
             &proxy_agent::bpf::forwarding::Forwarding::stack(),
         );
-        let mirror = proxy_agent::bpf::store::read_service_maps(&t.dp.maps).unwrap();
+        let mirror = proxy_agent::bpf::store::read_service_maps(&mut t.dp.maps).unwrap();
         let (writes, _) = proxy_agent::bpf::writes::plan_writes(&mirror, &desired, 1);
         for i in 0..writes.writes.len() {
             let step = proxy_agent::bpf::writes::MapWrites {
@@ -564,7 +566,7 @@ fn backend_set_changes_flip_revisions_whole() {
             let dst = valid(&t.from_pod(&Frame::udp(client, vip, b"q").build()).frame).dst;
             assert!(want.contains(&dst), "round {round}: {dst}");
         }
-        let maglev = t.dp.maps.maglev_keys().unwrap();
+        let maglev = t.dp.maps.maglev().keys().unwrap();
         assert!(maglev.len() <= 2, "round {round}: {maglev:?}");
     }
     assert_eq!(t.stat(StatIndex::NoBackend), 0);
@@ -669,7 +671,7 @@ fn counting_entries_count_packets_nftables_serves_and_pass_them_unchanged() {
     t.syncer.mode = AccelerationMode::Off;
     let report = t.apply(&nodeport_plan(false, &three_endpoints()));
     assert_eq!(report.counted_only, 0);
-    assert!(t.dp.maps.services().unwrap().is_empty());
+    assert!(t.dp.maps.v4().services.entries().unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,8 +762,10 @@ fn ipv6_clusterip_tcp_flow_is_dnated_followed_and_reverse_translated() {
         let later = valid6(&t.from_pod(&Frame::tcp(client, vip, flags).build()).frame);
         assert_eq!(later.dst, backend, "the flow stays on its backend");
     }
+    // The server's answer to the client's FIN (a handshake answer after a FIN would be
+    // another connection's, see `reply`).
     let reply = valid6(
-        &t.to_client(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build())
+        &t.to_client(&Frame::tcp(backend, client, TCP_ACK).build())
             .frame,
     );
     assert_eq!(
@@ -783,7 +787,11 @@ fn ipv6_clusterip_tcp_flow_is_dnated_followed_and_reverse_translated() {
     assert_eq!(t.stat(StatIndex::ReplyTranslated), 1);
     let c = t.counters().service(report.ports[0].id);
     assert_eq!(c.fast_packets, 6, "both families share the port's counters");
-    assert_eq!(t.dp.maps.flows6().unwrap().len(), 2, "forward and reply");
+    assert_eq!(
+        t.dp.maps.v6().flows.entries().unwrap().len(),
+        2,
+        "forward and reply"
+    );
 }
 
 #[test]
@@ -959,7 +967,7 @@ fn ipv6_packets_the_fast_path_does_not_own_pass_unchanged() {
         1,
         "the ACK via TC ingress"
     );
-    assert!(t.dp.maps.flows6().unwrap().is_empty());
+    assert!(t.dp.maps.v6().flows.entries().unwrap().is_empty());
     // The ClusterIP is not on the external (XDP) path.
     assert_eq!(t.xdp(&syn).frame, syn);
 }
@@ -1027,7 +1035,7 @@ fn macs(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
 /// A datapath whose unannotated Services redirect, with the client and `LOCAL_A` known as
 /// pods of this node.
 fn redirecting(plan: &ProxyPlan) -> TestDatapath {
-    use proxy_agent::bpf::{forwarding, table::Table as _};
+    use proxy_agent::bpf::forwarding;
     let mut t = TestDatapath::load(AccelerationMode::All, capacity::CONNECTIONS);
     t.syncer.forwarding = forwarding::Forwarding::redirect();
     t.apply(plan);
@@ -1036,7 +1044,7 @@ fn redirecting(plan: &ProxyPlan) -> TestDatapath {
         (CLIENT, 8, CLIENT_MAC, CLIENT_HOST_MAC),
     ] {
         t.dp.maps
-            .local_endpoints
+            .local_endpoints()
             .put(
                 forwarding::addr_key(ip.parse().unwrap()),
                 proxy_common::LocalEndpoint {
@@ -1091,7 +1099,7 @@ fn redirect_delivers_to_a_local_pod_and_back_to_the_client() {
     assert_eq!(t.stat(StatIndex::RedirectedReply), 2);
     let c = t.counters().service(t.syncer.ports()[0].id);
     assert_eq!(c.redirected_packets, 3, "both directions, per service");
-    let flows = t.dp.maps.flows().unwrap();
+    let flows = t.dp.maps.v4().flows.entries().unwrap();
     assert_eq!(flows.len(), 2);
     assert!(
         flows
@@ -1125,7 +1133,7 @@ fn a_flow_without_a_plain_forward_stays_on_the_stack_both_ways() {
         "the stack forwards it, not the program"
     );
     assert_eq!(t.stat(StatIndex::RedirectNoRoute), 1);
-    let flows = t.dp.maps.flows().unwrap();
+    let flows = t.dp.maps.v4().flows.entries().unwrap();
     assert_eq!(flows.len(), 2);
     assert!(
         flows
@@ -1194,11 +1202,38 @@ fn a_new_syn_on_the_tuple_of_an_ended_flow_starts_a_new_flow() {
     assert_eq!(again.verdict, TC_ACT_PIPE, "started afresh, on the stack");
     assert_eq!(valid(&again.frame).dst, sa(&format!("{LOCAL_A}:8080")));
     assert_eq!(t.stat(StatIndex::NewFlow), 2);
-    let flows = t.dp.maps.flows().unwrap();
+    let flows = t.dp.maps.v4().flows.entries().unwrap();
     assert_eq!(flows.len(), 2, "the old flow's entries are gone: {flows:?}");
     assert!(
         flows
             .iter()
             .all(|(_, v)| v.forwarding == proxy_common::forwarding::STACK)
     );
+}
+
+#[test]
+fn a_handshake_answer_on_the_reply_tuple_of_an_ended_flow_is_left_alone() {
+    if !root("stale_reply_tuple") {
+        return;
+    }
+    let plan = plan(
+        vec![web("TCP")],
+        vec![web_slice("TCP", &[(LOCAL_A, "node-a")])],
+    );
+    let mut t = redirecting(&plan);
+    let client = sa(&format!("{CLIENT}:40004"));
+    let vip = sa(&format!("{VIP}:80"));
+    let backend = sa(&format!("{LOCAL_A}:8080"));
+    t.tc_ingress(&Frame::tcp(client, vip, TCP_SYN).build());
+    t.tc_ingress(&Frame::tcp(client, vip, TCP_ACK | 0x04).build());
+    // The same client port now reaches the backend through another Service that nftables
+    // serves: its SYN-ACK has the ended flow's reply tuple and must reach the client as is.
+    let answer = t.tc_ingress(&Frame::tcp(backend, client, TCP_SYN | TCP_ACK).build());
+    assert_eq!(answer.verdict, TC_ACT_PIPE);
+    assert_eq!(
+        valid(&answer.frame).src,
+        backend,
+        "not rewritten to the VIP"
+    );
+    assert!(t.dp.maps.v4().flows.entries().unwrap().is_empty());
 }

@@ -425,13 +425,13 @@ fn pinned_maps_of_another_layout_are_rebuilt_not_adopted() {
         owner: proxy_common::owner::NFTABLES,
         ..proxy_common::FlowValue::default()
     };
-    fp.maps().put_flow(key, value, false).unwrap();
+    fp.maps().v4().flows.put(key, value).unwrap();
     let mut meta = fp.maps().meta().unwrap();
     meta.layout_version = 999;
     fp.maps().set_meta(meta).unwrap();
     drop(fp);
 
-    let fp = open_here();
+    let mut fp = open_here();
     let status = fp.status().unwrap();
     assert!(!status.adopted, "{status}");
     let why = status.rebuilt.clone().expect("rebuilt");
@@ -439,7 +439,7 @@ fn pinned_maps_of_another_layout_are_rebuilt_not_adopted() {
     assert_eq!(status.layout_version, proxy_common::LAYOUT_VERSION);
     assert_eq!(status.flows, 0, "nothing of the old layout is read");
     drop(fp);
-    let fp = open_here();
+    let mut fp = open_here();
     assert!(
         fp.status().unwrap().adopted,
         "the rebuilt maps are adopted next time"
@@ -649,13 +649,13 @@ fn ipv6_clusterip_and_nodeport_are_served_by_the_fast_path() {
     assert!(status.counters.service(id_of(&p, "dns6")).fast_packets >= 12 * 2);
     assert!(status.counters.stat(StatIndex::NewFlow).packets >= 12 + 1 + 12 + 5);
     assert!(status.counters.stat(StatIndex::ReplyTranslated).packets >= 12 * 2);
-    let flows6 = fp.maps().flows6().unwrap();
+    let flows6 = fp.maps().v6().flows.entries().unwrap();
     assert!(
         !flows6.is_empty(),
         "the flows are in the IPv6 connection table"
     );
     assert!(
-        fp.maps().flows().unwrap().is_empty(),
+        fp.maps().v4().flows.entries().unwrap().is_empty(),
         "no IPv4 flow took part"
     );
 }

@@ -338,8 +338,8 @@ fn ipv6_fast_path_serves_the_same_backends_and_client_addresses_as_nftables() {
     let c1 = lab.pod("c1");
     let mut conn = Connection::open(&c1.ns, addr(WEB6));
     let backend = conn.request().backend().to_owned();
-    let maps = KernelMaps::open_pinned(&pin.path).unwrap();
-    let flows6 = maps.flows6().unwrap();
+    let mut maps = KernelMaps::open_pinned(&pin.path).unwrap();
+    let flows6 = maps.v6().flows.entries().unwrap();
     let ours: Vec<_> = flows6
         .iter()
         .filter(|(k, v)| v6_addr(&k.src) == c1.ip6() && v.owner == owner::FAST)

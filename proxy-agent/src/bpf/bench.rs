@@ -22,7 +22,7 @@ use super::{
     kernel::Datapath,
     object::{BpfError, embedded_object},
     store,
-    table::Table as _,
+    store::MapStore as _,
     writes::{self, Desired, DesiredService, SetId},
 };
 use crate::model::Protocol;
@@ -222,7 +222,7 @@ fn populate(dp: &mut Datapath, services: usize) -> Result<(), BpfError> {
     store::apply(&mut dp.maps, &w)?;
     for addr in [REDIRECT_VIP.0, REDIRECT_BACKEND.0] {
         dp.maps
-            .local_endpoints
+            .local_endpoints()
             .put(
                 super::forwarding::addr_key(addr),
                 proxy_common::LocalEndpoint {

@@ -276,7 +276,7 @@ impl FastPath {
         );
         if adopted && config.mode == AccelerationMode::Auto {
             // What the previous agent accelerated stays (for `min_dwell`) until measured.
-            let maps = store::read_service_maps(&datapath.maps)?;
+            let maps = store::read_service_maps(&mut datapath.maps)?;
             policy.adopt(
                 maps.services
                     .values()
@@ -413,7 +413,7 @@ impl FastPath {
             &netlink::bridge_fdb().map_err(io)?,
             &pod_ifs,
         );
-        table::converge(&mut self.datapath.maps.local_endpoints, &want).map_err(BpfError::Store)?;
+        table::converge(self.datapath.maps.local_endpoints(), &want).map_err(BpfError::Store)?;
         let mut interfaces: BTreeMap<u32, u32> = BTreeMap::new();
         for a in &self.attachments {
             match a.hook {
@@ -422,8 +422,7 @@ impl FastPath {
                 Hook::Xdp | Hook::TcEgress => {}
             }
         }
-        table::converge(&mut self.datapath.maps.interfaces, &interfaces)
-            .map_err(BpfError::Store)?;
+        table::converge(self.datapath.maps.interfaces(), &interfaces).map_err(BpfError::Store)?;
         self.local_endpoints = want.len();
         Ok(want.len())
     }
@@ -600,7 +599,9 @@ impl FastPath {
     }
 
     /// Counters, decisions, attachments and table occupancy.
-    pub fn status(&self) -> Result<FastPathStatus, BpfError> {
+    pub fn status(&mut self) -> Result<FastPathStatus, BpfError> {
+        let flows = self.datapath.maps.v4().flows.entries()?.len()
+            + self.datapath.maps.v6().flows.entries()?.len();
         let maps = &self.datapath.maps;
         Ok(FastPathStatus {
             generation: maps.meta()?.generation,
@@ -617,7 +618,7 @@ impl FastPath {
                 .iter()
                 .filter_map(|c| self.policy.rate(c.id).map(|r| (c.id, r)))
                 .collect(),
-            flows: maps.flows()?.len() + maps.flows6()?.len(),
+            flows,
             flow_capacity: maps.flow_capacity(),
             forwarding: self.syncer.forwarding.clone(),
             local_endpoints: self.local_endpoints,

@@ -144,9 +144,9 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
     if !kernel::layout_matches(&meta) {
         return Ok(Some(view));
     }
-    let maps = KernelMaps::open_pinned(pin)?;
+    let mut maps = KernelMaps::open_pinned(pin)?;
     let mut entries: BTreeMap<u64, (usize, usize, usize)> = BTreeMap::new();
-    for (_, v) in store::entries(&maps)? {
+    for (_, v) in store::entries(&mut maps)? {
         let e = entries.entry(v.id).or_default();
         if v.flags & service_flags::COUNT_ONLY == 0 {
             e.0 += 1;
@@ -157,7 +157,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
             e.2 += 1;
         }
     }
-    for (id, info) in maps.ports()? {
+    for (id, info) in maps.ports().entries()? {
         let (accelerated_entries, counted_entries, redirect_entries) =
             entries.get(&id).copied().unwrap_or_default();
         view.ports.push(PortView {
@@ -182,7 +182,7 @@ pub fn read(pin: &Path) -> Result<Option<PinnedView>, BpfError> {
         .zip(maps.stats()?)
         .map(|(i, c)| (*i, c.packets))
         .collect();
-    for f in store::flow_entries(&maps)? {
+    for f in store::flow_entries(&mut maps)? {
         if f.owner == owner::FAST {
             view.flows.fast += 1;
             if f.forwarding == proxy_common::forwarding::REDIRECT {

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -28,8 +28,8 @@ use proxy_common::{
 use super::{
     config::XdpAttachMode,
     object::BpfError,
-    store::{MapStore, StoreError},
-    table::KernelTable,
+    store::{FamilyTables, MapStore, StoreError, V4, V6},
+    table::{KernelTable, Table},
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -38,43 +38,26 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct KernelMaps {
     meta: Array<MapData, Meta>,
     stats: PerCpuArray<MapData, Counter>,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    maglev: HashMap<MapData, MaglevKey, MaglevValue>,
-    backends: HashMap<MapData, BackendKey, Backend>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    services: KernelTable<ServiceKey, ServiceValue>,
+    maglev: KernelTable<MaglevKey, MaglevValue>,
+    backends: KernelTable<BackendKey, Backend>,
+    flows: KernelTable<FlowKey, FlowValue>,
+    affinity: KernelTable<AffinityKey, AffinityValue>,
     service_stats: PerCpuArray<MapData, ServiceCounter>,
-    ports: HashMap<MapData, u64, PortInfo>,
-    services6: HashMap<MapData, ServiceKey6, ServiceValue>,
-    backends6: HashMap<MapData, BackendKey, Backend6>,
-    flows6: HashMap<MapData, FlowKey6, FlowValue6>,
-    affinity6: HashMap<MapData, AffinityKey6, AffinityValue6>,
+    ports: KernelTable<u64, PortInfo>,
+    services6: KernelTable<ServiceKey6, ServiceValue>,
+    backends6: KernelTable<BackendKey, Backend6>,
+    flows6: KernelTable<FlowKey6, FlowValue6>,
+    affinity6: KernelTable<AffinityKey6, AffinityValue6>,
     /// `HP_LOCAL_EPS`: this node's pods, for redirect delivery.
-    pub local_endpoints: KernelTable<u32, LocalEndpoint>,
+    local_endpoints: KernelTable<u32, LocalEndpoint>,
     /// `HP_IFACES`: the interfaces our programs are attached to.
-    pub interfaces: KernelTable<u32, u32>,
+    interfaces: KernelTable<u32, u32>,
     nr_cpus: usize,
-    flow_capacity: u32,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::MissingMap { name })
-}
-
-fn typed<T: TryFrom<Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, BpfError> {
-    T::try_from(take(ebpf, name)?).map_err(|source| BpfError::Map { name, source })
-}
-
-fn is_exists(e: &MapError) -> bool {
-    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 fn sum(values: &PerCpuValues<Counter>) -> Counter {
@@ -101,278 +84,145 @@ fn nr_cpus() -> Result<usize, BpfError> {
     })
 }
 
-fn from_pin<T: TryFrom<Map, Error = MapError>>(
-    pin: &Path,
-    name: &'static str,
-    wrap: fn(MapData) -> Map,
-) -> Result<T, BpfError> {
-    let data = MapData::from_pin(pin.join("maps").join(name))
-        .map_err(|source| BpfError::Map { name, source })?;
-    T::try_from(wrap(data)).map_err(|source| BpfError::Map { name, source })
-}
-
 impl KernelMaps {
-    fn take_all(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
-        let flows: HashMap<MapData, FlowKey, FlowValue> = typed(ebpf, map_names::FLOWS)?;
-        let flow_capacity = flows.map().info().map_or(0, |i| i.max_entries());
+    /// The maps, each taken by `open(name, kind)` (from a loaded object, or from pins).
+    fn assemble(
+        mut open: impl FnMut(&'static str, fn(MapData) -> Map) -> Result<Map, BpfError>,
+    ) -> Result<Self, BpfError> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            map: Map,
+            name: &'static str,
+        ) -> Result<T, BpfError> {
+            T::try_from(map).map_err(|source| BpfError::Map { name, source })
+        }
+        let mut hash = |name: &'static str| open(name, Map::HashMap);
+        let services = typed(hash(map_names::SERVICES)?, map_names::SERVICES)?;
+        let maglev = typed(hash(map_names::MAGLEV)?, map_names::MAGLEV)?;
+        let backends = typed(hash(map_names::BACKENDS)?, map_names::BACKENDS)?;
+        let flows = typed(hash(map_names::FLOWS)?, map_names::FLOWS)?;
+        let ports = typed(hash(map_names::PORTS)?, map_names::PORTS)?;
+        let services6 = typed(hash(map_names::SERVICES6)?, map_names::SERVICES6)?;
+        let backends6 = typed(hash(map_names::BACKENDS6)?, map_names::BACKENDS6)?;
+        let flows6 = typed(hash(map_names::FLOWS6)?, map_names::FLOWS6)?;
+        let local = typed(
+            hash(map_names::LOCAL_ENDPOINTS)?,
+            map_names::LOCAL_ENDPOINTS,
+        )?;
+        let interfaces = typed(hash(map_names::INTERFACES)?, map_names::INTERFACES)?;
+        let affinity = typed(
+            open(map_names::AFFINITY, Map::LruHashMap)?,
+            map_names::AFFINITY,
+        )?;
+        let affinity6 = typed(
+            open(map_names::AFFINITY6, Map::LruHashMap)?,
+            map_names::AFFINITY6,
+        )?;
         Ok(Self {
-            meta: typed(ebpf, map_names::META)?,
-            stats: typed(ebpf, map_names::STATS)?,
-            services: typed(ebpf, map_names::SERVICES)?,
-            maglev: typed(ebpf, map_names::MAGLEV)?,
-            backends: typed(ebpf, map_names::BACKENDS)?,
-            flows,
-            affinity: typed(ebpf, map_names::AFFINITY)?,
-            service_stats: typed(ebpf, map_names::SERVICE_STATS)?,
-            ports: typed(ebpf, map_names::PORTS)?,
-            services6: typed(ebpf, map_names::SERVICES6)?,
-            backends6: typed(ebpf, map_names::BACKENDS6)?,
-            flows6: typed(ebpf, map_names::FLOWS6)?,
-            affinity6: typed(ebpf, map_names::AFFINITY6)?,
-            local_endpoints: KernelTable::new(
-                "local endpoints",
-                typed(ebpf, map_names::LOCAL_ENDPOINTS)?,
-            ),
-            interfaces: KernelTable::new("interfaces", typed(ebpf, map_names::INTERFACES)?),
+            meta: typed(open(map_names::META, Map::Array)?, map_names::META)?,
+            stats: typed(open(map_names::STATS, Map::PerCpuArray)?, map_names::STATS)?,
+            service_stats: typed(
+                open(map_names::SERVICE_STATS, Map::PerCpuArray)?,
+                map_names::SERVICE_STATS,
+            )?,
+            services: KernelTable::new("services", services),
+            maglev: KernelTable::new("maglev", maglev),
+            backends: KernelTable::new("backends", backends),
+            flows: KernelTable::lenient("flows", flows),
+            affinity: KernelTable::lenient("affinity", affinity),
+            ports: KernelTable::new("ports", ports),
+            services6: KernelTable::new("services6", services6),
+            backends6: KernelTable::new("backends6", backends6),
+            flows6: KernelTable::lenient("flows6", flows6),
+            affinity6: KernelTable::lenient("affinity6", affinity6),
+            local_endpoints: KernelTable::new("local endpoints", local),
+            interfaces: KernelTable::new("interfaces", interfaces),
             nr_cpus: nr_cpus()?,
-            flow_capacity,
         })
+    }
+
+    fn take_all(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        Self::assemble(|name, _| take(ebpf, name))
     }
 
     /// Opens the maps pinned under `pin` without loading or attaching anything (for
     /// `proxy-agent status` and `verify`, while the agent runs or not). Check the layout
     /// with [`pinned_layout`] first.
     pub fn open_pinned(pin: &Path) -> Result<Self, BpfError> {
-        let flows: HashMap<MapData, FlowKey, FlowValue> =
-            from_pin(pin, map_names::FLOWS, Map::HashMap)?;
-        let flow_capacity = flows.map().info().map_or(0, |i| i.max_entries());
-        Ok(Self {
-            meta: from_pin(pin, map_names::META, Map::Array)?,
-            stats: from_pin(pin, map_names::STATS, Map::PerCpuArray)?,
-            services: from_pin(pin, map_names::SERVICES, Map::HashMap)?,
-            maglev: from_pin(pin, map_names::MAGLEV, Map::HashMap)?,
-            backends: from_pin(pin, map_names::BACKENDS, Map::HashMap)?,
-            flows,
-            affinity: from_pin(pin, map_names::AFFINITY, Map::LruHashMap)?,
-            service_stats: from_pin(pin, map_names::SERVICE_STATS, Map::PerCpuArray)?,
-            ports: from_pin(pin, map_names::PORTS, Map::HashMap)?,
-            services6: from_pin(pin, map_names::SERVICES6, Map::HashMap)?,
-            backends6: from_pin(pin, map_names::BACKENDS6, Map::HashMap)?,
-            flows6: from_pin(pin, map_names::FLOWS6, Map::HashMap)?,
-            affinity6: from_pin(pin, map_names::AFFINITY6, Map::LruHashMap)?,
-            local_endpoints: KernelTable::new(
-                "local endpoints",
-                from_pin(pin, map_names::LOCAL_ENDPOINTS, Map::HashMap)?,
-            ),
-            interfaces: KernelTable::new(
-                "interfaces",
-                from_pin(pin, map_names::INTERFACES, Map::HashMap)?,
-            ),
-            nr_cpus: nr_cpus()?,
-            flow_capacity,
+        Self::assemble(|name, kind| {
+            let data = MapData::from_pin(pin.join("maps").join(name))
+                .map_err(|source| BpfError::Map { name, source })?;
+            Ok(kind(data))
         })
     }
 
     /// `max_entries` of the connection table.
     pub fn flow_capacity(&self) -> u32 {
-        self.flow_capacity
+        self.flows.capacity()
     }
-}
-
-macro_rules! op {
-    ($map:literal, $what:literal, $e:expr) => {
-        $e.map_err(|e| StoreError::new($map, $what, e))
-    };
 }
 
 impl MapStore for KernelMaps {
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), StoreError> {
-        op!("services", "put", self.services.insert(key, value, 0))
-    }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), StoreError> {
-        match self.services.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("services", "delete", e)),
-            _ => Ok(()),
+    fn v4(&mut self) -> FamilyTables<'_, V4> {
+        FamilyTables {
+            services: &mut self.services,
+            backends: &mut self.backends,
+            flows: &mut self.flows,
+            affinity: &mut self.affinity,
         }
     }
-    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, StoreError> {
-        op!(
-            "services",
-            "dump",
-            self.services.iter().collect::<Result<Vec<_>, _>>()
-        )
-    }
-    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), StoreError> {
-        op!("backends", "put", self.backends.insert(key, value, 0))
-    }
-    fn delete_backend(&mut self, key: BackendKey) -> Result<(), StoreError> {
-        match self.backends.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("backends", "delete", e)),
-            _ => Ok(()),
+    fn v6(&mut self) -> FamilyTables<'_, V6> {
+        FamilyTables {
+            services: &mut self.services6,
+            backends: &mut self.backends6,
+            flows: &mut self.flows6,
+            affinity: &mut self.affinity6,
         }
     }
-    fn backends(&self) -> Result<Vec<(BackendKey, Backend)>, StoreError> {
-        op!(
-            "backends",
-            "dump",
-            self.backends.iter().collect::<Result<Vec<_>, _>>()
-        )
+    fn maglev(&mut self) -> &mut dyn Table<MaglevKey, MaglevValue> {
+        &mut self.maglev
     }
-    fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError> {
-        op!("maglev", "put", self.maglev.insert(key, value, 0))
+    fn ports(&mut self) -> &mut dyn Table<u64, PortInfo> {
+        &mut self.ports
     }
-    fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError> {
-        match self.maglev.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("maglev", "delete", e)),
-            _ => Ok(()),
-        }
+    fn local_endpoints(&mut self) -> &mut dyn Table<u32, LocalEndpoint> {
+        &mut self.local_endpoints
     }
-    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError> {
-        op!(
-            "maglev",
-            "dump",
-            self.maglev.keys().collect::<Result<Vec<_>, _>>()
-        )
+    fn interfaces(&mut self) -> &mut dyn Table<u32, u32> {
+        &mut self.interfaces
     }
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
-        let zeros = PerCpuValues::try_from(vec![ServiceCounter::default(); self.nr_cpus])
-            .map_err(|e| StoreError::new("counters", "put", MapError::IoError(e)))?;
-        op!("counters", "put", self.service_stats.set(slot, zeros, 0))
+        let zero = PerCpuValues::try_from(vec![ServiceCounter::default(); self.nr_cpus])
+            .map_err(|e| StoreError::new("service counters", "put", MapError::IoError(e)))?;
+        self.service_stats
+            .set(slot, zero, 0)
+            .map_err(|e| StoreError::new("service counters", "put", e))
     }
     fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError> {
-        Ok(sum_service(&op!(
-            "counters",
-            "read",
-            self.service_stats.get(&slot, 0)
-        )?))
-    }
-    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError> {
-        op!("ports", "put", self.ports.insert(id, info, 0))
-    }
-    fn delete_port(&mut self, id: u64) -> Result<(), StoreError> {
-        match self.ports.remove(&id) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("ports", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError> {
-        op!(
-            "ports",
-            "dump",
-            self.ports.iter().collect::<Result<Vec<_>, _>>()
-        )
+        self.service_stats
+            .get(&slot, 0)
+            .map(|v| sum_service(&v))
+            .map_err(|e| StoreError::new("service counters", "read", e))
     }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
-        let mut out = Vec::new();
-        for slot in StatIndex::ALL {
-            out.push(sum(&op!(
-                "stats",
-                "read",
-                self.stats.get(&(slot as u32), 0)
-            )?));
+        let mut out = Vec::with_capacity(StatIndex::COUNT as usize);
+        for i in 0..StatIndex::COUNT {
+            let v = self
+                .stats
+                .get(&i, 0)
+                .map_err(|e| StoreError::new("stats", "read", e))?;
+            out.push(sum(&v));
         }
         Ok(out)
     }
-    fn put_flow(
-        &mut self,
-        key: FlowKey,
-        value: FlowValue,
-        only_new: bool,
-    ) -> Result<bool, StoreError> {
-        let flags = u64::from(only_new);
-        match self.flows.insert(key, value, flags) {
-            Ok(()) => Ok(true),
-            Err(e) if only_new && is_exists(&e) => Ok(false),
-            Err(e) => Err(StoreError::new("flows", "put", e)),
-        }
-    }
-    fn delete_flow(&mut self, key: FlowKey) -> Result<(), StoreError> {
-        match self.flows.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("flows", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, StoreError> {
-        // Entries deleted while iterating end the walk early or are skipped; both are fine
-        // for garbage collection and status.
-        Ok(self.flows.iter().filter_map(Result::ok).collect())
-    }
-    fn affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, StoreError> {
-        Ok(self.affinity.iter().filter_map(Result::ok).collect())
-    }
-    fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError> {
-        match self.affinity.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("affinity", "delete", e)),
-            _ => Ok(()),
-        }
-    }
     fn meta(&self) -> Result<Meta, StoreError> {
-        op!("meta", "read", self.meta.get(&0, 0))
+        self.meta
+            .get(&0, 0)
+            .map_err(|e| StoreError::new("meta", "read", e))
     }
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError> {
-        op!("meta", "write", self.meta.set(0, meta, 0))
-    }
-    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError> {
-        op!("services6", "put", self.services6.insert(key, value, 0))
-    }
-    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError> {
-        match self.services6.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("services6", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError> {
-        op!(
-            "services6",
-            "dump",
-            self.services6.iter().collect::<Result<Vec<_>, _>>()
-        )
-    }
-    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError> {
-        op!("backends6", "put", self.backends6.insert(key, value, 0))
-    }
-    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError> {
-        match self.backends6.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("backends6", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError> {
-        op!(
-            "backends6",
-            "dump",
-            self.backends6.iter().collect::<Result<Vec<_>, _>>()
-        )
-    }
-    fn put_flow6(
-        &mut self,
-        key: FlowKey6,
-        value: FlowValue6,
-        only_new: bool,
-    ) -> Result<bool, StoreError> {
-        match self.flows6.insert(key, value, u64::from(only_new)) {
-            Ok(()) => Ok(true),
-            Err(e) if only_new && is_exists(&e) => Ok(false),
-            Err(e) => Err(StoreError::new("flows6", "put", e)),
-        }
-    }
-    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError> {
-        match self.flows6.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("flows6", "delete", e)),
-            _ => Ok(()),
-        }
-    }
-    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError> {
-        Ok(self.flows6.iter().filter_map(Result::ok).collect())
-    }
-    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError> {
-        Ok(self.affinity6.iter().filter_map(Result::ok).collect())
-    }
-    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError> {
-        match self.affinity6.remove(&key) {
-            Err(e) if !is_not_found(&e) => Err(StoreError::new("affinity6", "delete", e)),
-            _ => Ok(()),
-        }
+        self.meta
+            .set(0, meta, 0)
+            .map_err(|e| StoreError::new("meta", "put", e))
     }
 }
 

@@ -1,19 +1,28 @@
-//! The seam between the fast path's logic and the kernel's maps: a small trait of map
-//! operations, implemented by the real maps (`kernel::KernelMaps`) and by an in-memory fake.
+//! The seam between the fast path's logic and the kernel's maps: a store of typed tables
+//! ([`Table`], one generic interface written once over aya's maps and once as an in-memory
+//! fake), implemented by the real maps (`kernel::KernelMaps`) and by [`FakeMaps`].
+//!
+//! Each family's maps are reached through [`MapStore::v4`] / [`MapStore::v6`] as one
+//! [`FamilyTables`] whose types come from the [`Family`]: code that works on either family
+//! is written once, generic over it. A new map is one more table, not one more method per
+//! operation and family.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
     AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey,
-    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, MAGLEV_SIZE, MaglevKey, MaglevValue, Meta,
-    PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex, dir, owner,
-    service_flags,
+    Counter, FlowKey, FlowKey6, FlowValue, FlowValue6, LocalEndpoint, MAGLEV_SIZE, MaglevKey,
+    MaglevValue, Meta, PortInfo, ServiceCounter, ServiceKey, ServiceKey6, ServiceValue, StatIndex,
+    dir, owner, service_flags,
 };
 use thiserror::Error;
 
-use super::writes::{
-    Endpoint, EntryKey, FlowEntryKey, MapWrite, MapWrites, Revision, ServiceMaps, SetId,
-    SetRevisions,
+use super::{
+    table::{Budget, FakeTable, Table},
+    writes::{
+        Endpoint, EntryKey, FlowEntryKey, MapWrite, MapWrites, Revision, ServiceMaps, SetId,
+        SetRevisions,
+    },
 };
 
 /// A failed map operation.
@@ -36,57 +45,67 @@ impl StoreError {
     }
 }
 
-/// Operations on the fast path's maps. Each call is one kernel map operation (or a dump).
+/// An address family's map types.
+pub trait Family: 'static {
+    type ServiceKey: Copy + Ord + std::fmt::Debug;
+    type Backend: Copy + PartialEq + std::fmt::Debug;
+    type FlowKey: Copy + Ord + std::fmt::Debug;
+    type FlowValue: Copy + PartialEq + std::fmt::Debug;
+    type AffinityKey: Copy + Ord + std::fmt::Debug;
+    type AffinityValue: Copy + PartialEq + std::fmt::Debug;
+}
+
+/// IPv4: `HP_SERVICES`, `HP_BACKENDS`, `HP_FLOWS`, `HP_AFFINITY`.
+#[derive(Debug)]
+pub enum V4 {}
+
+/// IPv6: `HP_SERVICES6`, `HP_BACKENDS6`, `HP_FLOWS6`, `HP_AFFINITY6`.
+#[derive(Debug)]
+pub enum V6 {}
+
+impl Family for V4 {
+    type ServiceKey = ServiceKey;
+    type Backend = Backend;
+    type FlowKey = FlowKey;
+    type FlowValue = FlowValue;
+    type AffinityKey = AffinityKey;
+    type AffinityValue = AffinityValue;
+}
+
+impl Family for V6 {
+    type ServiceKey = ServiceKey6;
+    type Backend = Backend6;
+    type FlowKey = FlowKey6;
+    type FlowValue = FlowValue6;
+    type AffinityKey = AffinityKey6;
+    type AffinityValue = AffinityValue6;
+}
+
+/// One family's tables.
+pub struct FamilyTables<'a, F: Family> {
+    pub services: &'a mut dyn Table<F::ServiceKey, ServiceValue>,
+    pub backends: &'a mut dyn Table<BackendKey, F::Backend>,
+    pub flows: &'a mut dyn Table<F::FlowKey, F::FlowValue>,
+    pub affinity: &'a mut dyn Table<F::AffinityKey, F::AffinityValue>,
+}
+
+/// The fast path's maps: each family's tables, the shared tables, and the arrays (which
+/// are not hash maps: counters summed over CPUs, one metadata record).
 pub trait MapStore {
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), StoreError>;
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), StoreError>;
-    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, StoreError>;
-    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), StoreError>;
-    fn delete_backend(&mut self, key: BackendKey) -> Result<(), StoreError>;
-    fn backends(&self) -> Result<Vec<(BackendKey, Backend)>, StoreError>;
-    fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError>;
-    fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError>;
-    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError>;
+    fn v4(&mut self) -> FamilyTables<'_, V4>;
+    fn v6(&mut self) -> FamilyTables<'_, V6>;
+    fn maglev(&mut self) -> &mut dyn Table<MaglevKey, MaglevValue>;
+    fn ports(&mut self) -> &mut dyn Table<u64, PortInfo>;
+    fn local_endpoints(&mut self) -> &mut dyn Table<u32, LocalEndpoint>;
+    fn interfaces(&mut self) -> &mut dyn Table<u32, u32>;
     /// Zeroes a per-service counter slot.
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError>;
     /// A per-service counter slot summed over CPUs.
     fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError>;
-    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError>;
-    fn delete_port(&mut self, id: u64) -> Result<(), StoreError>;
-    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError>;
     /// The programs' counters summed over CPUs, indexed by [`StatIndex`].
     fn stats(&self) -> Result<Vec<Counter>, StoreError>;
-    /// Inserts a flow; with `only_new`, an existing entry is kept (and `Ok(false)` returned).
-    fn put_flow(
-        &mut self,
-        key: FlowKey,
-        value: FlowValue,
-        only_new: bool,
-    ) -> Result<bool, StoreError>;
-    fn delete_flow(&mut self, key: FlowKey) -> Result<(), StoreError>;
-    fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, StoreError>;
-    fn affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, StoreError>;
-    fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError>;
     fn meta(&self) -> Result<Meta, StoreError>;
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError>;
-
-    // The IPv6 maps, as their IPv4 counterparts above.
-    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError>;
-    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError>;
-    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError>;
-    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError>;
-    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError>;
-    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError>;
-    fn put_flow6(
-        &mut self,
-        key: FlowKey6,
-        value: FlowValue6,
-        only_new: bool,
-    ) -> Result<bool, StoreError>;
-    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError>;
-    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError>;
-    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError>;
-    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError>;
 }
 
 /// Writes a service entry to its family's map.
@@ -96,37 +115,49 @@ pub fn put_entry(
     value: ServiceValue,
 ) -> Result<(), StoreError> {
     match key {
-        EntryKey::V4(k) => store.put_service(k, value),
-        EntryKey::V6(k) => store.put_service6(k, value),
+        EntryKey::V4(k) => store.v4().services.put(k, value),
+        EntryKey::V6(k) => store.v6().services.put(k, value),
     }
 }
 
 /// Both families' service entries.
-pub fn entries(store: &dyn MapStore) -> Result<Vec<(EntryKey, ServiceValue)>, StoreError> {
+pub fn entries(store: &mut dyn MapStore) -> Result<Vec<(EntryKey, ServiceValue)>, StoreError> {
     let mut out: Vec<(EntryKey, ServiceValue)> = store
-        .services()?
+        .v4()
+        .services
+        .entries()?
         .into_iter()
         .map(|(k, v)| (EntryKey::V4(k), v))
         .collect();
     out.extend(
         store
-            .services6()?
+            .v6()
+            .services
+            .entries()?
             .into_iter()
             .map(|(k, v)| (EntryKey::V6(k), v)),
     );
     Ok(out)
 }
 
-/// Inserts a flow entry into its family's connection table (see [`MapStore::put_flow`]).
+/// Inserts a flow entry into its family's connection table; with `only_new`, an existing
+/// entry is kept (and `Ok(false)` returned).
 pub fn put_flow_entry(
     store: &mut dyn MapStore,
     key: FlowEntryKey,
     value: FlowValue,
     only_new: bool,
 ) -> Result<bool, StoreError> {
+    fn put<K, V>(t: &mut dyn Table<K, V>, k: K, v: V, only_new: bool) -> Result<bool, StoreError> {
+        if only_new {
+            t.put_new(k, v)
+        } else {
+            t.put(k, v).map(|()| true)
+        }
+    }
     match key {
-        FlowEntryKey::V4(k) => store.put_flow(k, value, only_new),
-        FlowEntryKey::V6(k) => store.put_flow6(k, flow_value6(&value), only_new),
+        FlowEntryKey::V4(k) => put(store.v4().flows, k, value, only_new),
+        FlowEntryKey::V6(k) => put(store.v6().flows, k, flow_value6(&value), only_new),
     }
 }
 
@@ -145,9 +176,11 @@ fn flow_value6(v: &FlowValue) -> FlowValue6 {
 
 /// Every flow entry of both families: key, owner, last packet, TCP flags, counter slot, and
 /// the translation.
-pub fn flow_entries(store: &dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> {
+pub fn flow_entries(store: &mut dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> {
     let mut out: Vec<FlowEntry> = store
-        .flows()?
+        .v4()
+        .flows
+        .entries()?
         .into_iter()
         .map(|(k, v)| FlowEntry {
             key: FlowEntryKey::V4(k),
@@ -160,16 +193,23 @@ pub fn flow_entries(store: &dyn MapStore) -> Result<Vec<FlowEntry>, StoreError> 
             nat: Endpoint::V4(v.nat),
         })
         .collect();
-    out.extend(store.flows6()?.into_iter().map(|(k, v)| FlowEntry {
-        key: FlowEntryKey::V6(k),
-        id: v.id,
-        owner: v.owner,
-        last_seen_ns: v.last_seen_ns,
-        tcp_flags: v.tcp_flags,
-        forwarding: v.forwarding,
-        counter: v.counter,
-        nat: Endpoint::V6(v.nat),
-    }));
+    out.extend(
+        store
+            .v6()
+            .flows
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| FlowEntry {
+                key: FlowEntryKey::V6(k),
+                id: v.id,
+                owner: v.owner,
+                last_seen_ns: v.last_seen_ns,
+                tcp_flags: v.tcp_flags,
+                forwarding: v.forwarding,
+                counter: v.counter,
+                nat: Endpoint::V6(v.nat),
+            }),
+    );
     Ok(out)
 }
 
@@ -234,8 +274,8 @@ impl FlowEntry {
 /// Deletes a flow entry from its family's connection table.
 pub fn delete_flow_entry(store: &mut dyn MapStore, key: FlowEntryKey) -> Result<(), StoreError> {
     match key {
-        FlowEntryKey::V4(k) => store.delete_flow(k),
-        FlowEntryKey::V6(k) => store.delete_flow6(k),
+        FlowEntryKey::V4(k) => store.v4().flows.delete(&k),
+        FlowEntryKey::V6(k) => store.v6().flows.delete(&k),
     }
 }
 
@@ -285,31 +325,31 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
                     let index = u16::try_from(i).expect("at most MAX_BACKENDS");
                     let key = backend_key(*set, *revision, index);
                     match b {
-                        Endpoint::V4(b) => store.put_backend(key, *b)?,
-                        Endpoint::V6(b) => store.put_backend6(key, *b)?,
+                        Endpoint::V4(b) => store.v4().backends.put(key, *b)?,
+                        Endpoint::V6(b) => store.v6().backends.put(key, *b)?,
                     }
                 }
                 let mut value = Box::new(MaglevValue::default());
                 value.slots.copy_from_slice(&table[..MAGLEV_SIZE]);
-                store.put_maglev(maglev_key(*set, *revision), &value)?;
+                store.maglev().put(maglev_key(*set, *revision), *value)?;
             }
             MapWrite::PutService { key, value } => put_entry(store, *key, *value)?,
             MapWrite::DeleteService { key } => match key {
-                EntryKey::V4(k) => store.delete_service(*k)?,
-                EntryKey::V6(k) => store.delete_service6(*k)?,
+                EntryKey::V4(k) => store.v4().services.delete(k)?,
+                EntryKey::V6(k) => store.v6().services.delete(k)?,
             },
             MapWrite::DeleteSet {
                 set,
                 revision,
                 backends,
             } => {
-                store.delete_maglev(maglev_key(*set, *revision))?;
+                store.maglev().delete(&maglev_key(*set, *revision))?;
                 for index in 0..*backends {
                     let key = backend_key(*set, *revision, index);
                     if set.is_v6() {
-                        store.delete_backend6(key)?;
+                        store.v6().backends.delete(&key)?;
                     } else {
-                        store.delete_backend(key)?;
+                        store.v4().backends.delete(&key)?;
                     }
                 }
             }
@@ -328,8 +368,8 @@ pub fn apply(store: &mut dyn MapStore, writes: &MapWrites) -> Result<usize, Stor
                     }
                 }
             }
-            MapWrite::PutPort { id, info } => store.put_port(*id, info)?,
-            MapWrite::DeletePort { id } => store.delete_port(*id)?,
+            MapWrite::PutPort { id, info } => store.ports().put(*id, *info)?,
+            MapWrite::DeletePort { id } => store.ports().delete(id)?,
             MapWrite::SetGeneration {
                 generation,
                 forwarding,
@@ -361,21 +401,23 @@ fn purge(
     flows: bool,
 ) -> Result<(), StoreError> {
     if set.is_v6() {
-        for (key, value) in store.affinity6()? {
+        let affinity = store.v6().affinity;
+        for (key, value) in affinity.entries()? {
             if key.id == set.id
                 && key.set == set.set
                 && backends.contains(&Endpoint::V6(value.backend))
             {
-                store.delete_affinity6(key)?;
+                affinity.delete(&key)?;
             }
         }
     } else {
-        for (key, value) in store.affinity()? {
+        let affinity = store.v4().affinity;
+        for (key, value) in affinity.entries()? {
             if key.id == set.id
                 && key.set == set.set
                 && backends.contains(&Endpoint::V4(value.backend))
             {
-                store.delete_affinity(key)?;
+                affinity.delete(&key)?;
             }
         }
     }
@@ -404,19 +446,15 @@ fn purge(
 
 /// Reads the service maps back into a mirror: service entries, and each set's revisions (the
 /// one service entries point at is current; another is the previous one).
-pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError> {
+pub fn read_service_maps(store: &mut dyn MapStore) -> Result<ServiceMaps, StoreError> {
     let services: BTreeMap<EntryKey, ServiceValue> = entries(store)?.into_iter().collect();
     let mut revisions: BTreeMap<(SetId, u32), BTreeMap<u16, Endpoint>> = BTreeMap::new();
-    let backends = store
-        .backends()?
+    let backends4 = store.v4().backends.entries()?;
+    let backends6 = store.v6().backends.entries()?;
+    let backends = backends4
         .into_iter()
         .map(|(k, v)| (k, Endpoint::V4(v)))
-        .chain(
-            store
-                .backends6()?
-                .into_iter()
-                .map(|(k, v)| (k, Endpoint::V6(v))),
-        );
+        .chain(backends6.into_iter().map(|(k, v)| (k, Endpoint::V6(v))));
     for (k, v) in backends {
         revisions
             .entry((
@@ -429,7 +467,7 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
             .or_default()
             .insert(k.index, v);
     }
-    for k in store.maglev_keys()? {
+    for k in store.maglev().keys()? {
         revisions
             .entry((
                 SetId {
@@ -498,61 +536,86 @@ pub fn read_service_maps(store: &dyn MapStore) -> Result<ServiceMaps, StoreError
             .map(|f| f.counter)
             .filter(|slot| *slot != 0 && !in_use.contains(slot))
             .collect(),
-        ports: store.ports()?.into_iter().collect(),
+        ports: store.ports().entries()?.into_iter().collect(),
         generation: store.meta()?.generation,
         forwarding: store.meta()?.forwarding,
     })
 }
 
-/// The in-memory fake: every map as a sorted map, dumpable for golden comparisons. It keeps
-/// the kernel's semantics that matter (capacity limits, `BPF_NOEXIST`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The in-memory fake: every map a [`FakeTable`] (sorted, dumpable for golden
+/// comparisons), keeping the kernel's semantics that matter (capacity limits, `BPF_NOEXIST`);
+/// one [`Budget`] across all of them injects failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeMaps {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<BackendKey, Backend>,
-    pub maglev: BTreeMap<MaglevKey, Vec<u16>>,
+    pub services: FakeTable<ServiceKey, ServiceValue>,
+    pub backends: FakeTable<BackendKey, Backend>,
+    pub maglev: FakeTable<MaglevKey, MaglevValue>,
     pub counters: BTreeMap<u32, ServiceCounter>,
-    pub ports: BTreeMap<u64, PortInfo>,
+    pub ports: FakeTable<u64, PortInfo>,
     pub stats: Vec<Counter>,
-    pub flows: BTreeMap<FlowKey, FlowValue>,
-    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
-    pub services6: BTreeMap<ServiceKey6, ServiceValue>,
-    pub backends6: BTreeMap<BackendKey, Backend6>,
-    pub flows6: BTreeMap<FlowKey6, FlowValue6>,
-    pub affinity6: BTreeMap<AffinityKey6, AffinityValue6>,
+    pub flows: FakeTable<FlowKey, FlowValue>,
+    pub affinity: FakeTable<AffinityKey, AffinityValue>,
+    pub services6: FakeTable<ServiceKey6, ServiceValue>,
+    pub backends6: FakeTable<BackendKey, Backend6>,
+    pub flows6: FakeTable<FlowKey6, FlowValue6>,
+    pub affinity6: FakeTable<AffinityKey6, AffinityValue6>,
+    pub local_endpoints: FakeTable<u32, LocalEndpoint>,
+    pub interfaces: FakeTable<u32, u32>,
     pub meta: Meta,
-    /// `max_entries` of the flow table.
-    pub flow_capacity: usize,
-    /// Fail the operation after this many more successful ones (fault injection).
-    pub fail_after: Option<usize>,
+    budget: Budget,
+}
+
+impl Default for FakeMaps {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FakeMaps {
     pub fn new() -> Self {
+        use proxy_common::capacity as c;
+        fn table<K, V>(name: &'static str, capacity: u32, budget: &Budget) -> FakeTable<K, V> {
+            FakeTable::new(
+                name,
+                usize::try_from(capacity).expect("fits"),
+                budget.clone(),
+            )
+        }
+        let budget = Budget::default();
+        let b = &budget;
         Self {
+            services: table("services", c::SERVICES, b),
+            backends: table("backends", c::BACKENDS, b),
+            maglev: table("maglev", c::MAGLEV, b),
+            counters: BTreeMap::new(),
+            ports: table("ports", c::PORTS, b),
             stats: vec![Counter::default(); StatIndex::COUNT as usize],
-            flow_capacity: proxy_common::capacity::CONNECTIONS as usize,
+            flows: table("flows", c::CONNECTIONS, b),
+            affinity: table("affinity", c::AFFINITY, b),
+            services6: table("services6", c::SERVICES, b),
+            backends6: table("backends6", c::BACKENDS, b),
+            flows6: table("flows6", c::CONNECTIONS, b),
+            affinity6: table("affinity6", c::AFFINITY, b),
+            local_endpoints: table("local endpoints", c::LOCAL_ENDPOINTS, b),
+            interfaces: table("interfaces", c::INTERFACES, b),
             meta: Meta {
                 layout_version: proxy_common::LAYOUT_VERSION,
                 ..Meta::default()
             },
-            ..Self::default()
+            budget,
         }
     }
 
-    fn step(&mut self, map: &'static str, operation: &'static str) -> Result<(), StoreError> {
-        match &mut self.fail_after {
-            Some(0) => Err(StoreError {
-                map,
-                operation,
-                source: None,
-            }),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
-        }
+    /// Fails every operation after `n` more successful ones, on every table (`None`: none
+    /// fails).
+    pub fn fail_after(&mut self, n: Option<usize>) {
+        self.budget.fail_after(n);
+    }
+
+    /// Sets the capacity of both families' connection tables.
+    pub fn set_flow_capacity(&mut self, entries: usize) {
+        self.flows.capacity = entries;
+        self.flows6.capacity = entries;
     }
 
     /// Applies the writes all-or-nothing: on a failure the maps are left as they were.
@@ -567,22 +630,22 @@ impl FakeMaps {
     pub fn dump(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        for (k, v) in &self.services {
+        for (k, v) in self.services.iter() {
             let _ = writeln!(out, "service {k:?} -> {v:?}");
         }
-        for (k, v) in &self.backends {
+        for (k, v) in self.backends.iter() {
             let _ = writeln!(out, "backend {k:?} -> {v:?}");
         }
-        for (k, v) in &self.services6 {
+        for (k, v) in self.services6.iter() {
             let _ = writeln!(out, "service6 {k:?} -> {v:?}");
         }
-        for (k, v) in &self.backends6 {
+        for (k, v) in self.backends6.iter() {
             let _ = writeln!(out, "backend6 {k:?} -> {v:?}");
         }
-        for k in self.maglev.keys() {
+        for k in self.maglev.entries.keys() {
             let _ = writeln!(out, "maglev {k:?}");
         }
-        for (id, info) in &self.ports {
+        for (id, info) in self.ports.iter() {
             let _ = writeln!(
                 out,
                 "port {id:016x} {:?} slot {} pods {} external {}",
@@ -603,173 +666,51 @@ impl FakeMaps {
 }
 
 impl MapStore for FakeMaps {
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), StoreError> {
-        self.step("services", "put")?;
-        self.services.insert(key, value);
-        Ok(())
+    fn v4(&mut self) -> FamilyTables<'_, V4> {
+        FamilyTables {
+            services: &mut self.services,
+            backends: &mut self.backends,
+            flows: &mut self.flows,
+            affinity: &mut self.affinity,
+        }
     }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), StoreError> {
-        self.step("services", "delete")?;
-        self.services.remove(&key);
-        Ok(())
+    fn v6(&mut self) -> FamilyTables<'_, V6> {
+        FamilyTables {
+            services: &mut self.services6,
+            backends: &mut self.backends6,
+            flows: &mut self.flows6,
+            affinity: &mut self.affinity6,
+        }
     }
-    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, StoreError> {
-        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    fn maglev(&mut self) -> &mut dyn Table<MaglevKey, MaglevValue> {
+        &mut self.maglev
     }
-    fn put_backend(&mut self, key: BackendKey, value: Backend) -> Result<(), StoreError> {
-        self.step("backends", "put")?;
-        self.backends.insert(key, value);
-        Ok(())
+    fn ports(&mut self) -> &mut dyn Table<u64, PortInfo> {
+        &mut self.ports
     }
-    fn delete_backend(&mut self, key: BackendKey) -> Result<(), StoreError> {
-        self.step("backends", "delete")?;
-        self.backends.remove(&key);
-        Ok(())
+    fn local_endpoints(&mut self) -> &mut dyn Table<u32, LocalEndpoint> {
+        &mut self.local_endpoints
     }
-    fn backends(&self) -> Result<Vec<(BackendKey, Backend)>, StoreError> {
-        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn put_maglev(&mut self, key: MaglevKey, value: &MaglevValue) -> Result<(), StoreError> {
-        self.step("maglev", "put")?;
-        self.maglev.insert(key, value.slots.to_vec());
-        Ok(())
-    }
-    fn delete_maglev(&mut self, key: MaglevKey) -> Result<(), StoreError> {
-        self.step("maglev", "delete")?;
-        self.maglev.remove(&key);
-        Ok(())
-    }
-    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, StoreError> {
-        Ok(self.maglev.keys().copied().collect())
+    fn interfaces(&mut self) -> &mut dyn Table<u32, u32> {
+        &mut self.interfaces
     }
     fn put_counter(&mut self, slot: u32) -> Result<(), StoreError> {
-        self.step("counters", "put")?;
+        self.budget.step("counters", "put")?;
         self.counters.insert(slot, ServiceCounter::default());
         Ok(())
     }
     fn counter(&self, slot: u32) -> Result<ServiceCounter, StoreError> {
         Ok(self.counters.get(&slot).copied().unwrap_or_default())
     }
-    fn put_port(&mut self, id: u64, info: &PortInfo) -> Result<(), StoreError> {
-        self.step("ports", "put")?;
-        self.ports.insert(id, *info);
-        Ok(())
-    }
-    fn delete_port(&mut self, id: u64) -> Result<(), StoreError> {
-        self.step("ports", "delete")?;
-        self.ports.remove(&id);
-        Ok(())
-    }
-    fn ports(&self) -> Result<Vec<(u64, PortInfo)>, StoreError> {
-        Ok(self.ports.iter().map(|(k, v)| (*k, *v)).collect())
-    }
     fn stats(&self) -> Result<Vec<Counter>, StoreError> {
         Ok(self.stats.clone())
-    }
-    fn put_flow(
-        &mut self,
-        key: FlowKey,
-        value: FlowValue,
-        only_new: bool,
-    ) -> Result<bool, StoreError> {
-        self.step("flows", "put")?;
-        if only_new && self.flows.contains_key(&key) {
-            return Ok(false);
-        }
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.flow_capacity {
-            return Err(StoreError {
-                map: "flows",
-                operation: "put (full)",
-                source: None,
-            });
-        }
-        self.flows.insert(key, value);
-        Ok(true)
-    }
-    fn delete_flow(&mut self, key: FlowKey) -> Result<(), StoreError> {
-        self.step("flows", "delete")?;
-        self.flows.remove(&key);
-        Ok(())
-    }
-    fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, StoreError> {
-        Ok(self.flows.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, StoreError> {
-        Ok(self.affinity.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn delete_affinity(&mut self, key: AffinityKey) -> Result<(), StoreError> {
-        self.step("affinity", "delete")?;
-        self.affinity.remove(&key);
-        Ok(())
     }
     fn meta(&self) -> Result<Meta, StoreError> {
         Ok(self.meta)
     }
     fn set_meta(&mut self, meta: Meta) -> Result<(), StoreError> {
-        self.step("meta", "put")?;
+        self.budget.step("meta", "put")?;
         self.meta = meta;
-        Ok(())
-    }
-    fn put_service6(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<(), StoreError> {
-        self.step("services6", "put")?;
-        self.services6.insert(key, value);
-        Ok(())
-    }
-    fn delete_service6(&mut self, key: ServiceKey6) -> Result<(), StoreError> {
-        self.step("services6", "delete")?;
-        self.services6.remove(&key);
-        Ok(())
-    }
-    fn services6(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>, StoreError> {
-        Ok(self.services6.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn put_backend6(&mut self, key: BackendKey, value: Backend6) -> Result<(), StoreError> {
-        self.step("backends6", "put")?;
-        self.backends6.insert(key, value);
-        Ok(())
-    }
-    fn delete_backend6(&mut self, key: BackendKey) -> Result<(), StoreError> {
-        self.step("backends6", "delete")?;
-        self.backends6.remove(&key);
-        Ok(())
-    }
-    fn backends6(&self) -> Result<Vec<(BackendKey, Backend6)>, StoreError> {
-        Ok(self.backends6.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn put_flow6(
-        &mut self,
-        key: FlowKey6,
-        value: FlowValue6,
-        only_new: bool,
-    ) -> Result<bool, StoreError> {
-        self.step("flows6", "put")?;
-        if only_new && self.flows6.contains_key(&key) {
-            return Ok(false);
-        }
-        if !self.flows6.contains_key(&key) && self.flows6.len() >= self.flow_capacity {
-            return Err(StoreError {
-                map: "flows6",
-                operation: "put (full)",
-                source: None,
-            });
-        }
-        self.flows6.insert(key, value);
-        Ok(true)
-    }
-    fn delete_flow6(&mut self, key: FlowKey6) -> Result<(), StoreError> {
-        self.step("flows6", "delete")?;
-        self.flows6.remove(&key);
-        Ok(())
-    }
-    fn flows6(&self) -> Result<Vec<(FlowKey6, FlowValue6)>, StoreError> {
-        Ok(self.flows6.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn affinity6(&self) -> Result<Vec<(AffinityKey6, AffinityValue6)>, StoreError> {
-        Ok(self.affinity6.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn delete_affinity6(&mut self, key: AffinityKey6) -> Result<(), StoreError> {
-        self.step("affinity6", "delete")?;
-        self.affinity6.remove(&key);
         Ok(())
     }
 }

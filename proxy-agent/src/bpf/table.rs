@@ -3,11 +3,16 @@
 //!
 //! A map is a `Table<K, V>` whatever it holds, so a new map adds no methods to any seam.
 
-use std::collections::BTreeMap;
+use std::{
+    cell::Cell,
+    collections::BTreeMap,
+    ops::{Deref, DerefMut},
+    rc::Rc,
+};
 
 use aya::{
     Pod,
-    maps::{HashMap, MapData, MapError},
+    maps::{HashMap, IterableMap as _, MapData, MapError},
 };
 
 use super::store::StoreError;
@@ -22,17 +27,42 @@ pub trait Table<K, V> {
     fn delete(&mut self, key: &K) -> Result<(), StoreError>;
     /// Every entry.
     fn entries(&self) -> Result<Vec<(K, V)>, StoreError>;
+    /// Every key (without copying the values out, where the map can).
+    fn keys(&self) -> Result<Vec<K>, StoreError> {
+        Ok(self.entries()?.into_iter().map(|(k, _)| k).collect())
+    }
 }
 
 /// A kernel hash map as a [`Table`]; `name` labels its errors.
 pub struct KernelTable<K, V> {
     name: &'static str,
     map: HashMap<MapData, K, V>,
+    /// A dump skips entries it cannot read instead of failing: for the tables the programs
+    /// insert into and the agent deletes from while it walks them (a deleted entry ends the
+    /// walk early or is skipped, both fine for garbage collection and status).
+    lenient: bool,
 }
 
 impl<K: Pod, V: Pod> KernelTable<K, V> {
     pub fn new(name: &'static str, map: HashMap<MapData, K, V>) -> Self {
-        Self { name, map }
+        Self {
+            name,
+            map,
+            lenient: false,
+        }
+    }
+
+    /// A table whose dumps skip what changes under them (see the field).
+    pub fn lenient(name: &'static str, map: HashMap<MapData, K, V>) -> Self {
+        Self {
+            lenient: true,
+            ..Self::new(name, map)
+        }
+    }
+
+    /// `max_entries`, as the kernel reports it.
+    pub fn capacity(&self) -> u32 {
+        self.map.map().info().map_or(0, |i| i.max_entries())
     }
 }
 
@@ -67,42 +97,99 @@ impl<K: Pod, V: Pod> Table<K, V> for KernelTable<K, V> {
     }
 
     fn entries(&self) -> Result<Vec<(K, V)>, StoreError> {
+        if self.lenient {
+            return Ok(self.map.iter().filter_map(Result::ok).collect());
+        }
         self.map
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::new(self.name, "dump", e))
     }
+
+    fn keys(&self) -> Result<Vec<K>, StoreError> {
+        self.map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::new(self.name, "keys", e))
+    }
 }
 
-/// An in-memory [`Table`] that holds at most `capacity` entries (a put beyond fails as the
-/// kernel's does, with E2BIG) and fails the operations it is told to.
-#[derive(Clone, Debug)]
+/// How many more operations the fakes that share it let succeed (`None`: all of them): fault
+/// injection across every table of one fake store. Clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct Budget(Rc<Cell<Option<usize>>>);
+
+impl Budget {
+    /// Fails every operation after `n` more successful ones (`None`: none fails).
+    pub fn fail_after(&self, n: Option<usize>) {
+        self.0.set(n);
+    }
+
+    pub(crate) fn step(
+        &self,
+        map: &'static str,
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
+        match self.0.get() {
+            Some(0) => Err(StoreError {
+                map,
+                operation,
+                source: None,
+            }),
+            Some(n) => {
+                self.0.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A budget is not part of a fake's contents.
+impl PartialEq for Budget {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Budget {}
+
+/// An in-memory [`Table`] that holds at most `capacity` entries (a put beyond fails, as the
+/// kernel's does) and fails its operations once its [`Budget`] is spent. It derefs to its
+/// entries, for tests that set a table up or look into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeTable<K, V> {
+    pub name: &'static str,
     pub entries: BTreeMap<K, V>,
     pub capacity: usize,
-    /// The next this many operations fail.
-    pub fail_next: usize,
+    pub budget: Budget,
 }
 
 impl<K, V> FakeTable<K, V> {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(name: &'static str, capacity: usize, budget: Budget) -> Self {
         Self {
+            name,
             entries: BTreeMap::new(),
             capacity,
-            fail_next: 0,
+            budget,
         }
     }
 
-    fn fail(&mut self, operation: &'static str) -> Result<(), StoreError> {
-        if self.fail_next > 0 {
-            self.fail_next -= 1;
-            return Err(StoreError {
-                map: "fake",
-                operation,
-                source: None,
-            });
-        }
-        Ok(())
+    fn fail(&self, operation: &'static str) -> Result<(), StoreError> {
+        self.budget.step(self.name, operation)
+    }
+}
+
+impl<K, V> Deref for FakeTable<K, V> {
+    type Target = BTreeMap<K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl<K, V> DerefMut for FakeTable<K, V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.entries
     }
 }
 
@@ -111,7 +198,7 @@ impl<K: Ord + Copy, V: Copy> Table<K, V> for FakeTable<K, V> {
         self.fail("put")?;
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             return Err(StoreError {
-                map: "fake",
+                map: self.name,
                 operation: "put (full)",
                 source: None,
             });
@@ -136,6 +223,10 @@ impl<K: Ord + Copy, V: Copy> Table<K, V> for FakeTable<K, V> {
 
     fn entries(&self) -> Result<Vec<(K, V)>, StoreError> {
         Ok(self.entries.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn keys(&self) -> Result<Vec<K>, StoreError> {
+        Ok(self.entries.keys().copied().collect())
     }
 }
 
@@ -167,7 +258,7 @@ mod tests {
 
     #[test]
     fn converge_puts_changes_and_deletes_the_rest() {
-        let mut t: FakeTable<u32, u32> = FakeTable::new(8);
+        let mut t: FakeTable<u32, u32> = FakeTable::new("t", 8, Budget::default());
         t.put(1, 10).unwrap();
         t.put(2, 20).unwrap();
         let want = BTreeMap::from([(2, 21), (3, 30)]);
@@ -178,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_full_fake_refuses_new_keys_but_replaces_old_ones() {
-        let mut t: FakeTable<u32, u32> = FakeTable::new(1);
+        let mut t: FakeTable<u32, u32> = FakeTable::new("t", 1, Budget::default());
         t.put(1, 1).unwrap();
         assert!(t.put(2, 2).is_err());
         t.put(1, 5).unwrap();
@@ -188,10 +279,14 @@ mod tests {
 
     #[test]
     fn injected_failures_fail_and_leave_the_table_alone() {
-        let mut t: FakeTable<u32, u32> = FakeTable::new(4);
-        t.fail_next = 1;
-        assert!(t.put(1, 1).is_err());
+        let budget = Budget::default();
+        let mut t: FakeTable<u32, u32> = FakeTable::new("t", 4, budget.clone());
+        let mut other: FakeTable<u32, u32> = FakeTable::new("u", 4, budget.clone());
+        budget.fail_after(Some(1));
+        other.put(1, 1).unwrap();
+        assert!(t.put(1, 1).is_err(), "the budget is shared");
         assert!(t.entries.is_empty());
+        budget.fail_after(None);
         t.put(1, 1).unwrap();
     }
 }

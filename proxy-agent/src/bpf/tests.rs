@@ -359,13 +359,13 @@ fn a_failed_sync_converges_on_the_next_one() {
     for fail_after in 0..5 {
         let mut maps = FakeMaps::new();
         let mut syncer = Syncer::new(AccelerationMode::All);
-        maps.fail_after = Some(fail_after);
+        maps.fail_after(Some(fail_after));
         assert!(
             syncer
                 .sync(&mut maps, &mut FakeConntrack::default(), &p, 1)
                 .is_err()
         );
-        maps.fail_after = None;
+        maps.fail_after(None);
         // The retry re-reads the maps and writes what is missing; what an interrupted sync
         // left behind goes at the next one. Revision numbers may differ from a clean run.
         sync(&mut maps, &mut syncer, &p, 2);
@@ -407,7 +407,7 @@ fn a_failed_sync_converges_on_the_next_one() {
         ),
         1,
     );
-    maps.fail_after = Some(3);
+    maps.fail_after(Some(3));
     assert!(maps.apply_atomic(&writes).is_err());
     assert_eq!(maps.dump(), before.dump());
 }

@@ -156,13 +156,14 @@ fn codes_agree(mode: AccelerationMode, want: u8, got: u8) -> bool {
 
 /// Compares the maps behind `store` with a sync of `plan` in `mode`.
 pub fn verify(
-    store: &dyn MapStore,
+    store: &mut dyn MapStore,
     plan: &ProxyPlan,
     mode: AccelerationMode,
 ) -> Result<Vec<Difference>, StoreError> {
     let maps = store::read_service_maps(store)?;
     let maglev: BTreeSet<(u64, u32, u8)> = store
-        .maglev_keys()?
+        .maglev()
+        .keys()?
         .into_iter()
         .map(|k| (k.id, k.revision, k.set))
         .collect();
@@ -418,20 +419,20 @@ mod tests {
             AccelerationMode::Auto,
             AccelerationMode::All,
         ] {
-            let (maps, _) = synced(mode, &p);
-            assert_eq!(verify(&maps, &p, mode).unwrap(), vec![], "{mode}");
+            let (mut maps, _) = synced(mode, &p);
+            assert_eq!(verify(&mut maps, &p, mode).unwrap(), vec![], "{mode}");
         }
     }
 
     #[test]
     fn each_kind_of_tampering_is_named() {
         let p = plan_of(&["10.244.1.5", "10.244.1.6"]);
-        let (clean, _) = synced(AccelerationMode::All, &p);
+        let (mut clean, _) = synced(AccelerationMode::All, &p);
 
         // Another plan's maps: the backend set differs.
         let other = plan_of(&["10.244.1.5"]);
-        let (maps, _) = synced(AccelerationMode::All, &other);
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let (mut maps, _) = synced(AccelerationMode::All, &other);
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert!(
             d.iter().any(|t| t.contains("10.96.0.10:80/tcp [pods]")
                 && t.contains("1 backends")
@@ -451,7 +452,7 @@ mod tests {
         let mut extra = key;
         extra.port = 81u16.to_be();
         maps.services.insert(extra, value);
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert_eq!(d.len(), 2, "{d:#?}");
         assert!(d.iter().any(|t| t.contains("is missing")), "{d:#?}");
         assert!(
@@ -464,7 +465,7 @@ mod tests {
         let mut maps = clean.clone();
         let b = maps.backends.values_mut().next().unwrap();
         b.port = 9999u16.to_be();
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert!(
             d.iter()
                 .any(|t| t.contains("holds [") && t.contains(":9999")),
@@ -472,7 +473,7 @@ mod tests {
         );
         let mut maps = clean.clone();
         maps.maglev.clear();
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert!(d.iter().any(|t| t.contains("no Maglev table")), "{d:#?}");
 
         // A port's record says the wrong thing; a counting entry lost its slot.
@@ -484,12 +485,12 @@ mod tests {
             .find(|v| v.flags == service_flags::COUNT_ONLY)
             .unwrap();
         counting.counter = 0;
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert!(d.iter().any(|t| t.contains("record of")), "{d:#?}");
         assert!(d.iter().any(|t| t.contains("counting for")), "{d:#?}");
 
         // Maps of mode all, checked against mode off: everything is unexpected.
-        let d = verify(&clean, &p, AccelerationMode::Off).unwrap();
+        let d = verify(&mut clean, &p, AccelerationMode::Off).unwrap();
         assert!(
             d.iter().all(|d| matches!(
                 d,
@@ -511,7 +512,10 @@ mod tests {
             .sync(&mut maps, &mut FakeConntrack::default(), &p, 2)
             .unwrap();
         assert!(syncer.accelerated().contains(&web));
-        assert_eq!(verify(&maps, &p, AccelerationMode::Auto).unwrap(), vec![]);
+        assert_eq!(
+            verify(&mut maps, &p, AccelerationMode::Auto).unwrap(),
+            vec![]
+        );
         // Maps of mode all hold the annotated-off service too? No: it is never accelerated.
         // But an entry accelerating it, written behind the agent's back, is named.
         let quiet = p
@@ -537,7 +541,7 @@ mod tests {
                 ..accelerated
             },
         );
-        let d = texts(&verify(&maps, &p, AccelerationMode::Auto).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::Auto).unwrap());
         assert!(
             d.iter()
                 .any(|t| t.contains("default/quiet") && t.contains("may not promote")),
@@ -596,8 +600,11 @@ mod tests {
     #[test]
     fn verify_reads_the_ipv6_maps_and_names_a_missing_or_wrong_ipv6_entry() {
         let p = dual_stack_plan();
-        let (clean, _) = synced(AccelerationMode::All, &p);
-        assert_eq!(verify(&clean, &p, AccelerationMode::All).unwrap(), vec![]);
+        let (mut clean, _) = synced(AccelerationMode::All, &p);
+        assert_eq!(
+            verify(&mut clean, &p, AccelerationMode::All).unwrap(),
+            vec![]
+        );
         // Both IPv6 paths are written: the ClusterIP for pods, the node port on the node's
         // IPv6 address for XDP.
         let described: Vec<String> = clean
@@ -618,7 +625,7 @@ mod tests {
             .find(|k| k.scope == proxy_common::scope::POD && k.port == 80u16.to_be())
             .unwrap();
         maps.services6.remove(&pods);
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert_eq!(d.len(), 1, "{d:#?}");
         assert!(
             d[0].contains("[fd00:96::10]:80/tcp [pods]") && d[0].contains("is missing"),
@@ -627,7 +634,7 @@ mod tests {
 
         let mut maps = clean.clone();
         maps.backends6.values_mut().next().unwrap().port = 9999u16.to_be();
-        let d = texts(&verify(&maps, &p, AccelerationMode::All).unwrap());
+        let d = texts(&verify(&mut maps, &p, AccelerationMode::All).unwrap());
         assert!(
             d.iter()
                 .any(|t| t.contains("[fd00:244:1::5]:9999") && t.contains("/ipv6")),

@@ -95,9 +95,9 @@ pub fn differences(config: &Config, plan: &ProxyPlan) -> anyhow::Result<Vec<Stri
             found: meta.layout_version,
         }],
         Some(_) => {
-            let maps =
+            let mut maps =
                 kernel::KernelMaps::open_pinned(&fp.pin_path).context("opening the pinned maps")?;
-            bpf::verify::verify(&maps, plan, fp.mode).context("reading the pinned maps")?
+            bpf::verify::verify(&mut maps, plan, fp.mode).context("reading the pinned maps")?
         }
     };
     out.extend(bpf_differences.iter().map(ToString::to_string));
