@@ -233,6 +233,8 @@ pub(crate) fn tc_headers(ctx: &TcContext) -> Option<Packet> {
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
+/// Without a length to check, the kernel checks the packet itself against the egress MTU.
+const FIB_FRAG_NEEDED: i64 = 8;
 const TTL_OFF: usize = ETH_HLEN + 8;
 
 /// The kernel's `struct bpf_fib_lookup` (64 bytes), IPv4 fields named: the generated binding
@@ -335,6 +337,9 @@ pub(crate) fn redirect(ctx: &TcContext, pkt: &Packet, daddr: Addr) -> Result<i32
     let size = size_of::<FibParams>() as i32;
     // SAFETY: `fib` is a `struct bpf_fib_lookup` of the size given.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), (&raw mut fib).cast(), size, 0) };
+    if rc == FIB_FRAG_NEEDED {
+        return Err(NoRedirect::TooBig);
+    }
     if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
         return Err(NoRedirect::NoRoute);
     }

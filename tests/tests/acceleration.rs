@@ -1396,3 +1396,149 @@ fn auto_forwarding_stays_on_the_stack_next_to_a_foreign_forward_rule() {
     let out = lab.apply(&["--config", arg(&auto)]);
     assert!(out.contains("forwarding redirect (auto)"), "{out}");
 }
+
+#[test]
+fn auto_forwarding_stays_on_the_stack_next_to_a_foreign_tc_program() {
+    if !privileged::root_or_skip("accel_forwarding_tc") {
+        return;
+    }
+    let lab = lab("aft");
+    let pin = Pin::new("fwdtc", &lab);
+    lab.write_manifests(&forwarding_manifests(&lab));
+    let auto = forwarding_config(&lab, &pin, "auto");
+    // Another owner's (classic) BPF filter on the client's host-side interface.
+    let iface = format!("cali1{:03}", lab.pod("c1").ip.octets()[3]);
+    for args in [
+        vec!["qdisc", "add", "dev", &iface, "clsact"],
+        vec![
+            "filter",
+            "add",
+            "dev",
+            &iface,
+            "ingress",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
+        ],
+    ] {
+        let done = lab.node.exec("tc", &args);
+        assert!(done.status.success(), "tc {args:?}: {done:?}");
+    }
+    let out = lab.apply(&["--config", arg(&auto)]);
+    assert!(
+        out.contains(&format!(
+            "forwarding stack (auto): another BPF program (tc ingress filter bpf 0x1) is attached to pod interface {iface}"
+        )),
+        "{out}"
+    );
+    let _ = lab.node.exec("conntrack", &["-F"]);
+    served_by(&lab, BYPASS, false, &["a1", "b1"]);
+    let c1 = lab.pod("c1").ip.to_string();
+    assert!(conntrack_entries(&lab, &c1, &lab.pod("a1").ip.to_string()) > 0);
+}
+
+#[test]
+fn a_packet_larger_than_the_egress_mtu_takes_the_stack() {
+    if !privileged::root_or_skip("accel_redirect_mtu") {
+        return;
+    }
+    let lab = lab("amt");
+    let pin = Pin::new("fwdmtu", &lab);
+    // `far` has only the backend on node-b, behind a link with a smaller MTU.
+    lab.write_manifests(
+        &[
+            service("far", "10.96.0.14", PORTS, "", ""),
+            slice(&lab, "far", &["b1"]),
+        ]
+        .concat(),
+    );
+    for n in [&lab.node, &lab.node_b] {
+        n.ip(&["link", "set", "fab0", "mtu", "1000"]);
+    }
+    let config = forwarding_config(&lab, &pin, "redirect");
+    lab.apply(&["--config", arg(&config)]);
+    let _ = lab.node.exec("conntrack", &["-F"]);
+    let before = pinned(&pin);
+    // A small datagram fits: redirected. A large one without DF does not: the stack
+    // fragments it (and would send ICMP "fragmentation needed" for one with DF).
+    let c1 = &lab.pod("c1").ns;
+    let small = hybrid_proxy_tests::bpf_lab::UdpFlow::open(c1, 41000, addr("10.96.0.14:53"));
+    assert_eq!(small.request().as_deref().map(backend_name), Ok("b1"));
+    let big = c1.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:41001").unwrap();
+        let no_df: libc::c_int = 0; // IP_PMTUDISC_DONT
+        // SAFETY: a valid option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const no_df).cast(),
+                4,
+            );
+        }
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&[b'x'; 1400], "10.96.0.14:53").unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, from) = s
+            .recv_from(&mut buf)
+            .expect("an answer to the large datagram");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    });
+    assert_eq!(big.1, addr("10.96.0.14:53"), "answered from the service");
+    assert_eq!(backend_name(&big.0), "b1");
+    let after = pinned(&pin);
+    let deltas: Vec<(StatIndex, u64)> = after
+        .stats
+        .iter()
+        .map(|(i, n)| (*i, n - stat(&before, *i)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    assert!(
+        stat(&after, StatIndex::RedirectTooBig) > stat(&before, StatIndex::RedirectTooBig),
+        "counted: {deltas:?}"
+    );
+    let c1_ip = lab.pod("c1").ip.to_string();
+    assert!(
+        conntrack_entries(&lab, &c1_ip, &lab.pod("b1").ip.to_string()) >= 1,
+        "the large datagram's flow went through the stack (conntrack), the small one did not"
+    );
+}
+
+#[test]
+fn udp_flows_to_a_removed_endpoint_move_to_a_live_one_under_redirect() {
+    if !privileged::root_or_skip("accel_redirect_udp_removal") {
+        return;
+    }
+    let lab = lab("aur");
+    let pin = Pin::new("fwdudp", &lab);
+    let both = [
+        service("dns", "10.96.0.15", PORTS, "", ""),
+        slice(&lab, "dns", &["a1", "a2"]),
+    ]
+    .concat();
+    lab.write_manifests(&both);
+    let config = forwarding_config(&lab, &pin, "redirect");
+    lab.apply(&["--config", arg(&config)]);
+    let flow =
+        hybrid_proxy_tests::bpf_lab::UdpFlow::open(&lab.pod("c1").ns, 42000, addr("10.96.0.15:53"));
+    let first = backend_name(&flow.request().expect("an answer")).to_owned();
+    let other = if first == "a1" { "a2" } else { "a1" };
+    lab.write_manifests(
+        &[
+            service("dns", "10.96.0.15", PORTS, "", ""),
+            slice(&lab, "dns", &[other]),
+        ]
+        .concat(),
+    );
+    lab.apply(&["--config", arg(&config)]);
+    // The same socket (the same flow): its entries went with the endpoint, as kube-proxy
+    // deletes the conntrack entries of a removed UDP endpoint.
+    let again = flow.request().expect("an answer after the removal");
+    assert_eq!(backend_name(&again), other);
+}
+
+/// The backend name in a lab server's answer (`name peer`).
+fn backend_name(answer: &str) -> &str {
+    answer.split_whitespace().next().unwrap_or_default()
+}

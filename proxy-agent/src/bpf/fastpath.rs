@@ -305,7 +305,6 @@ impl FastPath {
             flows_at_gc: None,
             local_endpoints: 0,
         };
-        fp.recheck_forwarding();
         // Egress before ingress everywhere: an interface must never translate a client's
         // packets without being able to translate the replies (the reply hook goes first on
         // node interfaces: it serves the replies of redirect flows).
@@ -318,6 +317,8 @@ impl FastPath {
             }
         }
         fp.sync_interfaces()?;
+        // Judged once the pod interfaces are known: another owner's program there counts.
+        fp.recheck_forwarding();
         Ok(fp)
     }
 

@@ -264,7 +264,8 @@ impl Facts {
     }
 }
 
-/// BPF programs on the TCX hooks of `interfaces` that are not ours (`hp_*`).
+/// TC programs on `interfaces` that are not ours (`hp_*`): on the TCX hooks, and filters on
+/// a `clsact` qdisc (as `tc filter show` lists them; without `tc`, those are not seen).
 fn foreign_programs(interfaces: &[String]) -> Vec<(String, String)> {
     use aya::programs::{SchedClassifier, TcAttachType};
     let mut out = Vec::new();
@@ -280,8 +281,45 @@ fn foreign_programs(interfaces: &[String]) -> Vec<(String, String)> {
                 }
             }
         }
+        for hook in ["ingress", "egress"] {
+            let Ok(listing) = Command::new("tc")
+                .args(["filter", "show", "dev", iface, hook])
+                .output()
+            else {
+                continue;
+            };
+            out.extend(
+                foreign_filters(&String::from_utf8_lossy(&listing.stdout))
+                    .into_iter()
+                    .map(|f| (iface.clone(), format!("tc {hook} filter {f}"))),
+            );
+        }
     }
     out
+}
+
+/// The filters of a `tc filter show` listing that are not ours, as their kind and handle.
+pub fn foreign_filters(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter(|l| l.starts_with("filter ") && l.contains(" handle ") && !l.contains("hp_"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let kind = words
+                .iter()
+                .position(|w| *w == "pref")
+                .and_then(|i| words.get(i + 2))
+                .copied()
+                .unwrap_or("?");
+            let handle = words
+                .iter()
+                .position(|w| *w == "handle")
+                .and_then(|i| words.get(i + 1))
+                .copied()
+                .unwrap_or("?");
+            format!("{kind} {handle}")
+        })
+        .collect()
 }
 
 /// Where the node's forwarding stands: what is configured and what is in force.
@@ -562,6 +600,15 @@ mod tests {
             .contains("2 rule(s) on the forward hook")
         );
         assert!(parse_ruleset("not json").is_err());
+    }
+
+    #[test]
+    fn tc_filters_of_others_are_foreign_and_ours_are_not() {
+        let listing = "filter protocol all pref 49152 bpf chain 0 \n\
+                       filter protocol all pref 49152 bpf chain 0 handle 0x1 not_in_hw bytecode '1,6 0 0 0'\n\
+                       filter protocol all pref 49153 bpf chain 0 handle 0x1 hp_tc_ingress direct-action not_in_hw id 7\n";
+        assert_eq!(foreign_filters(listing), ["bpf 0x1"]);
+        assert!(foreign_filters("").is_empty());
     }
 
     #[test]
