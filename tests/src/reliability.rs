@@ -190,6 +190,12 @@ pub fn summary_path() -> PathBuf {
 /// # Panics
 /// When the file cannot be written.
 pub fn record(test: &str, faults: u64, sent: u64, failed: u64) {
+    // The fast-path scenarios run once per forwarding mode: say which.
+    let test = match crate::forwarding_under_test() {
+        "auto" => test.to_owned(),
+        other => format!("{test} [{other}]"),
+    };
+    let test = test.as_str();
     let path = summary_path();
     std::fs::create_dir_all(path.parent().expect("a directory"))
         .expect("creating the summary directory");

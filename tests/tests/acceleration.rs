@@ -1542,3 +1542,49 @@ fn udp_flows_to_a_removed_endpoint_move_to_a_live_one_under_redirect() {
 fn backend_name(answer: &str) -> &str {
     answer.split_whitespace().next().unwrap_or_default()
 }
+
+#[test]
+fn a_reload_of_the_auto_thresholds_reaches_the_policy() {
+    if !privileged::root_or_skip("accel_auto_reload") {
+        return;
+    }
+    let lab = lab("aar");
+    let pin = Pin::new("autoreload", &lab);
+    lab.write_manifests(&manifests(&lab));
+    // Thresholds no load here reaches: nothing is promoted.
+    let config_path = write_config(
+        &lab,
+        &pin,
+        "auto",
+        "  auto: {promoteAbovePps: 1000000, demoteBelowPps: 20, minDwell: 1s}\n",
+    );
+    let agent = lab.start_agent(&["--config", arg(&config_path)]);
+    wait_counted(&pin, &agent, &["default/web http"]);
+    let web = || port(&pinned(&pin), "default/web http").pods.to_string();
+    let mut load = Load::start(
+        lab.pod("c1").ns.name(),
+        addr(WEB),
+        Duration::from_millis(1),
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(web(), "nftables (auto: not hot)", "{}", agent.log_text());
+    // The same file with reachable thresholds: the running agent reloads it and promotes.
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("promoteAbovePps: 1000000", "promoteAbovePps: 100");
+    let tmp = config_path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &config_path).unwrap();
+    let promoted = wait_for(Duration::from_secs(15), || {
+        (web() == "fast path").then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "the reloaded thresholds did not promote: {}\n{}",
+        web(),
+        agent.log_text()
+    );
+    let (_, failed) = load.stop();
+    assert_eq!(failed, 0, "no request failed across the reload");
+}

@@ -465,6 +465,13 @@ impl FastPath {
         true
     }
 
+    /// A new `acceleration.forwarding` (a configuration reload): judged at once; new flows
+    /// follow it from the next apply, started ones keep theirs.
+    pub fn set_forwarding(&mut self, forwarding: forwarding::ForwardingMode) {
+        self.config.forwarding = forwarding;
+        self.recheck_forwarding();
+    }
+
     /// How new pod flows of unannotated Services are forwarded.
     pub fn forwarding(&self) -> &Forwarding {
         &self.syncer.forwarding

@@ -26,6 +26,8 @@ struct Times {
     last_updated: Option<SystemTime>,
     last_queued: Option<SystemTime>,
     node_eligible: bool,
+    /// Replaces `HealthState::timeout` once a reload changed the sync period.
+    timeout: Option<Duration>,
 }
 
 impl HealthState {
@@ -35,6 +37,7 @@ impl HealthState {
                 last_updated: Some(SystemTime::now()),
                 last_queued: None,
                 node_eligible: true,
+                timeout: None,
             }),
             timeout,
         }
@@ -69,12 +72,23 @@ impl HealthState {
         self.lock().node_eligible = eligible;
     }
 
+    /// A new timeout (twice a reloaded sync period), from now on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.lock().timeout = Some(timeout);
+    }
+
+    /// The timeout in force.
+    pub fn timeout(&self) -> Duration {
+        self.lock().timeout.unwrap_or(self.timeout)
+    }
+
     /// kube-proxy's rule: healthy unless an update has been waiting longer than the timeout.
     pub fn is_live(&self, now: SystemTime) -> bool {
         let t = self.lock();
+        let timeout = t.timeout.unwrap_or(self.timeout);
         match t.last_queued {
             None => true,
-            Some(q) => now.duration_since(q).unwrap_or_default() < self.timeout,
+            Some(q) => now.duration_since(q).unwrap_or_default() < timeout,
         }
     }
 

@@ -240,8 +240,19 @@ impl<B: NftBackend> SyncLoop<B> {
             self.need_full = true;
         }
         self.parts.udp_stale_entry_cleanup = new.udp_stale_entry_cleanup;
+        if self.parts.timing.min_sync_period != new.min_sync_period
+            || self.parts.timing.sync_period != new.sync_period
+        {
+            tracing::info!(
+                min_sync_period = ?new.min_sync_period,
+                sync_period = ?new.sync_period,
+                "configuration: sync timing changed"
+            );
+        }
         self.parts.timing.min_sync_period = new.min_sync_period;
         self.parts.timing.sync_period = new.sync_period;
+        // kube-proxy's /healthz threshold is twice the sync period.
+        self.parts.health.set_timeout(new.sync_period * 2);
         if self.parts.fast_path == new.fast_path {
             return;
         }
@@ -256,8 +267,14 @@ impl<B: NftBackend> SyncLoop<B> {
         };
         match (&mut self.fast_path, &new.fast_path) {
             (Some(fp), Some(cfg)) if same_attachments => {
-                tracing::info!(mode = %cfg.mode, "configuration: acceleration mode changed");
+                tracing::info!(
+                    mode = %cfg.mode,
+                    forwarding = %cfg.forwarding,
+                    "configuration: acceleration settings changed"
+                );
                 fp.set_mode(cfg.mode);
+                fp.set_auto_thresholds(cfg.auto.clone());
+                fp.set_forwarding(cfg.forwarding);
             }
             (Some(fp), None) => {
                 // Off, and nothing pinned to keep: leave what is attached serving the flows it
@@ -615,6 +632,32 @@ impl<B: NftBackend> SyncLoop<B> {
         self.reported = current;
     }
 
+    /// The timing in force (a reload changes it).
+    pub fn timing(&self) -> &Timing {
+        &self.parts.timing
+    }
+
+    /// When the loop syncs next, given when it last synced and when a retry is due: `None`
+    /// until every kind was listed. Read from the timing in force, so that a reload of
+    /// `minSyncPeriod` or `syncPeriod` applies from the next decision.
+    pub fn next_due(
+        &self,
+        now: tokio::time::Instant,
+        last_sync: Option<tokio::time::Instant>,
+        retry_at: Option<tokio::time::Instant>,
+    ) -> Option<tokio::time::Instant> {
+        let timing = &self.parts.timing;
+        if !self.ready() {
+            None
+        } else if let Some(r) = retry_at {
+            Some(r)
+        } else if self.has_changes() {
+            Some(last_sync.map_or(now, |t| t + timing.min_sync_period))
+        } else {
+            Some(last_sync.unwrap_or(now) + timing.sync_period)
+        }
+    }
+
     /// Runs until the event channel closes or `shutdown` resolves.
     pub async fn run(
         mut self,
@@ -623,21 +666,25 @@ impl<B: NftBackend> SyncLoop<B> {
         shutdown: impl Future<Output = ()>,
     ) -> Self {
         tokio::pin!(shutdown);
-        let timing = self.parts.timing.clone();
-        let mut last_sync: Option<Instant> = None;
-        let mut next_periodic = tokio::time::Instant::now() + timing.sync_period;
+        let started = tokio::time::Instant::now();
+        let mut last_sync: Option<tokio::time::Instant> = None;
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
-            let due = if !self.ready() {
-                None
-            } else if let Some(r) = retry_at {
-                Some(r)
-            } else if self.has_changes() {
-                let earliest = last_sync.map_or_else(Instant::now, |t| t + timing.min_sync_period);
-                Some(tokio::time::Instant::from_std(earliest))
-            } else {
-                Some(next_periodic)
-            };
+            // Decided afresh every time round: a reload may have changed the timing.
+            let due = self
+                .next_due(
+                    tokio::time::Instant::now(),
+                    Some(last_sync.unwrap_or(started)),
+                    retry_at,
+                )
+                .map(|at| {
+                    // Changes before the first sync wait for nothing.
+                    if last_sync.is_none() && self.has_changes() {
+                        tokio::time::Instant::now()
+                    } else {
+                        at
+                    }
+                });
             let sleep = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -663,9 +710,9 @@ impl<B: NftBackend> SyncLoop<B> {
                 () = sleep => {
                     retry_at = None;
                     let result = tokio::task::block_in_place(|| self.sync());
-                    last_sync = Some(Instant::now());
-                    next_periodic = tokio::time::Instant::now() + timing.sync_period;
+                    last_sync = Some(tokio::time::Instant::now());
                     if result.is_err() {
+                        let timing = &self.parts.timing;
                         let backoff = timing.retry_initial.saturating_mul(1 << self.failures.min(10)).min(timing.sync_period);
                         retry_at = Some(tokio::time::Instant::now() + backoff);
                     }

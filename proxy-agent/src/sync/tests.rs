@@ -195,3 +195,69 @@ fn a_service_is_reported_once_per_change_of_its_problems() {
     );
     assert_eq!(events.0.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn a_reload_of_the_sync_timing_applies_to_the_next_decision_and_to_healthz() {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    let mut l = sync_loop(Arc::default());
+    let reload = |sync_period: u64, min_sync_period: u64| super::Reload {
+        settings: l_settings(),
+        mark: 0x4000,
+        fast_path: None,
+        udp_stale_entry_cleanup: false,
+        min_sync_period: Duration::from_secs(min_sync_period),
+        sync_period: Duration::from_secs(sync_period),
+    };
+    assert_eq!(
+        l.next_due(Instant::now(), None, None),
+        None,
+        "not listed yet"
+    );
+    replace_all(
+        &mut l,
+        vec![
+            ServiceBuilder::cluster_ip("default", "web", "10.96.0.10")
+                .port("http", 80)
+                .build(),
+        ],
+    );
+    l.sync().expect("first sync");
+    let t0 = Instant::now();
+    let default = Timing::default();
+    assert_eq!(
+        l.next_due(t0, Some(t0), None),
+        Some(t0 + default.sync_period)
+    );
+
+    l.control(super::Control::Reload(Box::new(reload(5, 2))));
+    assert_eq!(l.timing().sync_period, Duration::from_secs(5));
+    assert_eq!(
+        l.next_due(t0, Some(t0), None),
+        Some(t0 + Duration::from_secs(5)),
+        "the periodic sync follows the new syncPeriod"
+    );
+    l.handle(SourceEvent::Replace {
+        kind: Kind::Services,
+        objects: vec![],
+    });
+    assert_eq!(
+        l.next_due(t0, Some(t0), None),
+        Some(t0 + Duration::from_secs(2)),
+        "a change waits the new minSyncPeriod"
+    );
+    assert_eq!(
+        l.parts.health.timeout(),
+        Duration::from_secs(10),
+        "/healthz allows twice the new syncPeriod"
+    );
+}
+
+fn l_settings() -> PlanSettings {
+    PlanSettings {
+        node_name: "node-a".into(),
+        ..PlanSettings::default()
+    }
+}
