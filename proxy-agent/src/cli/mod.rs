@@ -1,5 +1,6 @@
 //! The command line.
 
+pub mod logging;
 mod oneshot;
 mod preflight;
 mod run;
@@ -24,6 +25,10 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `proxy_agent::nft=trace` (or `RUST_LOG`).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line with
+    /// the span fields, for log pipelines). Overrides `logFormat`; default text.
+    #[arg(long, global = true, env = "HYBRID_PROXY_LOG_FORMAT")]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,6 +72,37 @@ pub enum Command {
     ///
     /// Prints each difference and exits non-zero when there is one. Changes nothing.
     Verify(verify::VerifyOptions),
+}
+
+impl Cli {
+    /// How to log: `--log-format`, else the configuration file's `logFormat` (read once
+    /// here; the command reads the file again and reports its problems), else text. An
+    /// unknown value is reported and text is used.
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        use crate::config::LogFormat;
+        if let Some(f) = &self.log_format {
+            return LogFormat::parse(f).unwrap_or_else(|| {
+                eprintln!("warning: --log-format {f:?} is neither text nor json; logging text");
+                LogFormat::Text
+            });
+        }
+        self.common()
+            .config
+            .as_ref()
+            .and_then(|path| Config::load(path).ok())
+            .map_or(LogFormat::Text, |c| c.log_format)
+    }
+
+    fn common(&self) -> &CommonOptions {
+        match &self.command {
+            Command::Apply(o) | Command::Render(o) => &o.common,
+            Command::Cleanup(o) => &o.common,
+            Command::Preflight(o) => &o.common,
+            Command::Run(o) => &o.common,
+            Command::Status(o) => &o.common,
+            Command::Verify(o) => &o.common,
+        }
+    }
 }
 
 /// Options of `run`.

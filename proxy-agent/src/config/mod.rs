@@ -177,6 +177,28 @@ pub struct Config {
     /// Delete stale UDP conntrack entries when endpoints go away.
     pub udp_stale_entry_cleanup: bool,
     pub acceleration: AccelerationConfig,
+    /// `logFormat`: `text` (the default; coloured only on a terminal) or `json` (one JSON
+    /// object per line with the span fields, as kube-proxy's `--logging-format=json`).
+    /// `--log-format` wins.
+    pub log_format: LogFormat,
+}
+
+/// How the agent writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -197,6 +219,7 @@ impl Default for Config {
             cleanup_on_exit: false,
             udp_stale_entry_cleanup: true,
             acceleration: AccelerationConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -455,6 +478,7 @@ impl Config {
         if let Some(v) = r.take("cleanupOnExit") {
             c.cleanup_on_exit = v;
         }
+        c.log_format = read_log_format(r);
         if let Some(mut ct) = r.section("conntrack") {
             if let Some(v) = ct.take("udpStaleEntryCleanup") {
                 c.udp_stale_entry_cleanup = v;
@@ -627,6 +651,22 @@ fn node_port_addresses(r: &mut Reader<'_>, items: &[String]) -> NodePortAddresse
         }
     }
     NodePortAddresses::Cidrs(cidrs)
+}
+
+fn read_log_format(r: &mut Reader<'_>) -> LogFormat {
+    let Some(v) = r.take::<String>("logFormat") else {
+        return LogFormat::Text;
+    };
+    LogFormat::parse(&v).unwrap_or_else(|| {
+        r.error(
+            "logFormat",
+            ConfigProblem::Invalid {
+                value: v,
+                expected: "text or json",
+            },
+        );
+        LogFormat::Text
+    })
 }
 
 fn read_acceleration(r: &mut Reader<'_>) -> AccelerationConfig {

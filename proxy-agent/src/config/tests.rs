@@ -140,3 +140,25 @@ fn relations_between_keys_are_checked() {
         assert_eq!(err.errors[0].key, key, "{yaml}: {err}");
     }
 }
+
+#[test]
+fn log_format_and_forwarding_parse_and_bad_values_name_their_key() {
+    let c = Config::from_yaml("logFormat: json\nacceleration: {forwarding: stack}\n", "t").unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.acceleration.forwarding, ForwardingMode::Stack);
+    assert_eq!(
+        Config::default().acceleration.forwarding,
+        ForwardingMode::Auto
+    );
+    let e = Config::from_yaml(
+        "logFormat: xml\nacceleration: {forwarding: sideways}\n",
+        "t",
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("logFormat") && text.contains("xml"), "{text}");
+    assert!(
+        text.contains("acceleration.forwarding") && text.contains("one of auto, redirect, stack"),
+        "{text}"
+    );
+}
