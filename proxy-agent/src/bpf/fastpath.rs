@@ -223,7 +223,11 @@ pub fn pod_interfaces(
     }
     // A bridge holding the pod route (Flannel's cni0) stands for its ports: the programs
     // must see each pod's packets before the bridge switches them between pods.
-    let masters = netlink::link_masters().map_err(io)?;
+    let masters: Vec<(u32, u32)> = netlink::links()
+        .map_err(io)?
+        .iter()
+        .filter_map(|l| Some((l.index, l.master?)))
+        .collect();
     let bridges: Vec<(String, u32)> = all
         .iter()
         .filter(|(n, i)| out.contains(n) && masters.iter().any(|(_, m)| m == i))
@@ -409,7 +413,11 @@ impl FastPath {
             .collect();
         let want = forwarding::local_endpoints(
             &netlink::ipv4_routes().map_err(io)?,
-            &netlink::link_macs().map_err(io)?,
+            &netlink::links()
+                .map_err(io)?
+                .iter()
+                .filter_map(|l| Some((l.index, l.mac?)))
+                .collect::<Vec<_>>(),
             &netlink::ipv4_neighbours().map_err(io)?,
             &netlink::bridge_fdb().map_err(io)?,
             &pod_ifs,

@@ -262,12 +262,25 @@ pub struct ConntrackTuple6 {
     pub proto: u8,
 }
 
-/// Interfaces of the calling thread's network namespace: `(name, index)`, by name. (Read
-/// over netlink: `/sys/class/net` shows the namespace `/sys` was mounted in instead.)
-pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
+/// One interface of the calling thread's network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    /// Its MAC address, if it has one.
+    pub mac: Option<[u8; 6]>,
+    /// The bridge (or other master) it is enslaved to.
+    pub master: Option<u32>,
+}
+
+/// Every interface of the calling thread's network namespace, by name. (Read over netlink:
+/// `/sys/class/net` shows the namespace `/sys` was mounted in instead.)
+pub fn links() -> io::Result<Vec<Link>> {
     const RTM_NEWLINK: u16 = 16;
     const RTM_GETLINK: u16 = 18;
+    const IFLA_ADDRESS: u16 = 1;
     const IFLA_IFNAME: u16 = 3;
+    const IFLA_MASTER: u16 = 10;
     let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
     let ifinfomsg = [0u8; 16];
     let mut out = Vec::new();
@@ -275,16 +288,34 @@ pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
         if ty != RTM_NEWLINK || body.len() < 16 {
             return;
         }
-        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        let mut link = Link {
+            name: String::new(),
+            index: u32::from_ne_bytes(body[4..8].try_into().expect("4")),
+            mac: None,
+            master: None,
+        };
         for (aty, payload) in attrs(&body[16..]) {
-            if aty == IFLA_IFNAME {
-                let name = payload.split(|b| *b == 0).next().unwrap_or_default();
-                out.push((String::from_utf8_lossy(name).into_owned(), index));
+            match aty {
+                IFLA_IFNAME => {
+                    let name = payload.split(|b| *b == 0).next().unwrap_or_default();
+                    link.name = String::from_utf8_lossy(name).into_owned();
+                }
+                IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(payload).ok(),
+                IFLA_MASTER if payload.len() == 4 => {
+                    link.master = Some(u32::from_ne_bytes(payload.try_into().expect("4")));
+                }
+                _ => {}
             }
         }
+        out.push(link);
     })?;
-    out.sort();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Interfaces of the calling thread's network namespace: `(name, index)`, by name.
+pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
+    Ok(links()?.into_iter().map(|l| (l.name, l.index)).collect())
 }
 
 /// The index of an interface, if it exists (in the calling thread's namespace).
@@ -293,30 +324,6 @@ pub fn if_index(name: &str) -> Option<u32> {
     // SAFETY: a valid C string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
-}
-
-/// The MAC address of every interface that has one: `(index, MAC)`.
-pub fn link_macs() -> io::Result<Vec<(u32, [u8; 6])>> {
-    const RTM_NEWLINK: u16 = 16;
-    const RTM_GETLINK: u16 = 18;
-    const IFLA_ADDRESS: u16 = 1;
-    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
-    let ifinfomsg = [0u8; 16];
-    let mut out = Vec::new();
-    sock.dump(RTM_GETLINK, &ifinfomsg, |ty, body| {
-        if ty != RTM_NEWLINK || body.len() < 16 {
-            return;
-        }
-        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
-        for (aty, payload) in attrs(&body[16..]) {
-            if aty == IFLA_ADDRESS
-                && let Ok(mac) = <[u8; 6]>::try_from(payload)
-            {
-                out.push((index, mac));
-            }
-        }
-    })?;
-    Ok(out)
 }
 
 /// A resolved IPv4 neighbour.
@@ -367,29 +374,6 @@ pub fn ipv4_neighbours() -> io::Result<Vec<Neighbour>> {
                 addr,
                 mac,
             });
-        }
-    })?;
-    Ok(out)
-}
-
-/// Bridge ports: `(port index, bridge index)` of every interface enslaved to another
-/// (`IFLA_MASTER`).
-pub fn link_masters() -> io::Result<Vec<(u32, u32)>> {
-    const RTM_NEWLINK: u16 = 16;
-    const RTM_GETLINK: u16 = 18;
-    const IFLA_MASTER: u16 = 10;
-    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
-    let ifinfomsg = [0u8; 16];
-    let mut out = Vec::new();
-    sock.dump(RTM_GETLINK, &ifinfomsg, |ty, body| {
-        if ty != RTM_NEWLINK || body.len() < 16 {
-            return;
-        }
-        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
-        for (aty, payload) in attrs(&body[16..]) {
-            if aty == IFLA_MASTER && payload.len() == 4 {
-                out.push((index, u32::from_ne_bytes(payload.try_into().expect("4"))));
-            }
         }
     })?;
     Ok(out)
