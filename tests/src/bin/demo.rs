@@ -154,20 +154,25 @@ fn run_row(lab: &Lab, row: &Row) -> (String, String) {
 }
 
 /// New flows the fast path pinned at `pin` has started so far.
-fn fast_flows(pin: &Path) -> u64 {
+/// The fast path's new flows and redirected packets so far.
+fn fast_flows(pin: &Path) -> (u64, u64) {
     match inspect::read(pin) {
-        Ok(Some(view)) => view
-            .stats
-            .iter()
-            .find(|(i, _)| *i == StatIndex::NewFlow)
-            .map_or(0, |(_, n)| *n),
-        _ => 0,
+        Ok(Some(view)) => {
+            let stat = |s: StatIndex| {
+                view.stats
+                    .iter()
+                    .find(|(i, _)| *i == s)
+                    .map_or(0, |(_, n)| *n)
+            };
+            (stat(StatIndex::NewFlow), stat(StatIndex::Redirected))
+        }
+        _ => (0, 0),
     }
 }
 
 /// Sends every row's requests and prints where they went. With a fast path pinned at `pin`,
-/// its new-flow counter says which requests it served (each request is a new flow); the
-/// rest went through nftables.
+/// its new-flow counter says which requests it served (each request is a new flow), and its
+/// redirect counter whether they skipped the node's stack; the rest went through nftables.
 fn table(lab: &Lab, pin: Option<&Path>) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -178,13 +183,17 @@ fn table(lab: &Lab, pin: Option<&Path>) -> String {
     for row in rows() {
         let before = pin.map(fast_flows);
         let (served, seen) = run_row(lab, &row);
-        let fast = pin
-            .zip(before)
-            .map_or(0, |(p, b)| fast_flows(p).saturating_sub(b));
+        let (fast, redirected) = pin.zip(before).map_or((0, 0), |(p, b)| {
+            let now = fast_flows(p);
+            (now.0.saturating_sub(b.0), now.1.saturating_sub(b.1))
+        });
+        // Pod flows skip the node's stack (redirect) unless something there needs it.
         let hook = if row.from == "external client" {
             "XDP"
+        } else if redirected > 0 {
+            "TC, redirect"
         } else {
-            "TC"
+            "TC, stack"
         };
         let path = match usize::try_from(fast).unwrap_or(usize::MAX) {
             0 => "nftables".to_owned(),
@@ -248,7 +257,7 @@ fn main() -> ExitCode {
     std::fs::write(
         &config,
         format!(
-            "acceleration:\n  mode: all\n  interfaces: [eth0]\n  pinPath: {}\n",
+            "acceleration:\n  mode: all\n  interfaces: [eth0, fab0]\n  pinPath: {}\n",
             pin.display()
         ),
     )
