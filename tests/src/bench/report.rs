@@ -999,7 +999,8 @@ impl Report {
         svg::line_chart(
             "nftables programming time vs Services (x2 solid, x10 dashed)",
             "Services",
-            "milliseconds",
+            "time",
+            svg::duration_ms,
             &series,
         )
     }

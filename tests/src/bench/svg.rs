@@ -21,24 +21,37 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A compact number: 1.2k, 35, 0.41.
+/// A compact number as people write it: 1k, 10k, 1.25M, 35, 0.41.
 pub fn compact(v: f64) -> String {
+    let trimmed = |digits: String, suffix: &str| {
+        let digits = if digits.contains('.') {
+            digits.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            &digits
+        };
+        format!("{digits}{suffix}")
+    };
     if v >= 1e6 {
-        format!("{:.3}M", v / 1e6)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
+        trimmed(format!("{:.3}", v / 1e6), "M")
     } else if v >= 1e3 {
-        format!("{:.3}k", v / 1e3)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
+        trimmed(format!("{:.3}", v / 1e3), "k")
     } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
     } else if v >= 1.0 {
-        format!("{v:.1}")
+        trimmed(format!("{v:.1}"), "")
     } else {
-        format!("{v:.2}")
+        trimmed(format!("{v:.2}"), "")
+    }
+}
+
+/// A time in milliseconds as people write it: 500 us, 1 ms, 100 ms, 1 s, 10 s.
+pub fn duration_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{} s", compact(ms / 1000.0))
+    } else if ms >= 1.0 {
+        format!("{} ms", compact(ms))
+    } else {
+        format!("{} us", compact(ms * 1000.0))
     }
 }
 
@@ -74,6 +87,7 @@ fn grid(
     (y0, y1): (f64, f64),
     px: &dyn Fn(f64) -> f64,
     py: &dyn Fn(f64) -> f64,
+    y_tick: fn(f64) -> String,
 ) {
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     for (lo, hi, vertical) in [(x0, x1, true), (y0, y1, false)] {
@@ -110,7 +124,7 @@ fn grid(
                         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#444\">{}</text>",
                         LEFT - 6.0,
                         y + 4.0,
-                        compact(v)
+                        y_tick(v)
                     );
                 }
             }
@@ -119,8 +133,15 @@ fn grid(
     }
 }
 
-/// Lines on log-log axes, with a legend on the right.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+/// Lines on log-log axes, with a legend on the right; `y_tick` labels the y axis' ticks
+/// ([`compact`] for counts, [`duration_ms`] for times in milliseconds).
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    y_tick: fn(f64) -> String,
+    series: &[Series],
+) -> String {
     let mut out = String::new();
     header(&mut out, title);
     let all: Vec<(f64, f64)> = series
@@ -144,7 +165,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let px = |x: f64| LEFT + (x.log10() - x0) / (x1 - x0) * pw;
     let py = |y: f64| TOP + ph - (y.log10() - y0) / (y1 - y0) * ph;
-    grid(&mut out, (x0, x1), (y0, y1), &px, &py);
+    grid(&mut out, (x0, x1), (y0, y1), &px, &py, y_tick);
     let _ = writeln!(
         out,
         "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw:.1}\" height=\"{ph:.1}\" fill=\"none\" stroke=\"#888\"/>"
@@ -292,4 +313,55 @@ pub fn bar_panels(title: &str, panels: &[Panel]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_times_read_as_people_write_them() {
+        for (v, want) in [
+            (1_000.0, "1k"),
+            (10_000.0, "10k"),
+            (100_000.0, "100k"),
+            (1_500.0, "1.5k"),
+            (1_250_000.0, "1.25M"),
+            (35.0, "35"),
+            (0.41, "0.41"),
+        ] {
+            assert_eq!(compact(v), want);
+        }
+        for (ms, want) in [
+            (0.5, "500 us"),
+            (1.0, "1 ms"),
+            (100.0, "100 ms"),
+            (1_000.0, "1 s"),
+            (100_000.0, "100 s"),
+        ] {
+            assert_eq!(duration_ms(ms), want);
+        }
+    }
+
+    #[test]
+    fn a_time_chart_labels_its_ticks_as_times() {
+        let chart = line_chart(
+            "t",
+            "Services",
+            "time",
+            duration_ms,
+            &[Series {
+                name: "s".into(),
+                colour: PALETTE[0],
+                dashed: false,
+                points: vec![(1_000.0, 5.0), (30_000.0, 4_000.0)],
+            }],
+        );
+        assert!(chart.contains(">1k<") && chart.contains(">10k<"), "{chart}");
+        assert!(
+            chart.contains(">1 ms<") && chart.contains(">1 s<"),
+            "{chart}"
+        );
+        assert!(!chart.contains(".000k"), "{chart}");
+    }
 }
