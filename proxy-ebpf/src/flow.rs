@@ -121,15 +121,7 @@ pub(crate) struct Verdict {
 /// What to do with a packet arriving from a client (pod or external).
 #[inline(always)]
 pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> {
-    let key = FlowKey {
-        src: pkt.saddr,
-        dst: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        proto: pkt.proto,
-        dir: dir::FORWARD,
-        _pad: 0,
-    };
+    let key = forward_key(pkt);
     // The connection table first: a flow keeps its path and backend.
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a live map value.
@@ -169,6 +161,20 @@ pub(crate) fn forward(pkt: &Packet, scope: u8, bytes: usize) -> Option<Verdict> 
         });
     }
     start(key, pkt, scope, bytes)
+}
+
+/// The forward entry's key of the flow `pkt` (from a client) belongs to.
+#[inline(always)]
+fn forward_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src: pkt.saddr,
+        dst: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        dir: dir::FORWARD,
+        _pad: 0,
+    }
 }
 
 /// The reply entry's key of a flow from `pkt`'s client translated to `to`.
@@ -311,19 +317,7 @@ fn record(
     reason = "compiled once per family; IPv6 flows are never redirected"
 )]
 pub(crate) fn fall_back_to_stack(pkt: &Packet, to: &Backend) {
-    let keys = [
-        FlowKey {
-            src: pkt.saddr,
-            dst: pkt.daddr,
-            sport: pkt.sport,
-            dport: pkt.dport,
-            proto: pkt.proto,
-            dir: dir::FORWARD,
-            _pad: 0,
-        },
-        reply_key(pkt, to),
-    ];
-    for key in keys {
+    for key in [forward_key(pkt), reply_key(pkt, to)] {
         if let Some(v) = FLOWS.get_ptr_mut(key) {
             // SAFETY: a live map value; a one-byte store.
             unsafe { (*v).forwarding = forwarding::STACK };

@@ -336,7 +336,7 @@ fn deliver_forward(ctx: &TcContext, pkt: &v4::Packet, v: &v4::Verdict, bytes: us
         dport: v.to.port,
         ..*pkt
     };
-    match v4::redirect(ctx, &translated, v.to.addr) {
+    match v4::redirect(ctx, &translated) {
         Ok(action) => {
             count(StatIndex::Redirected, bytes);
             count_redirect(v.slot);
@@ -364,7 +364,7 @@ fn deliver_reply(ctx: &TcContext, pkt: &v4::Packet, bytes: usize) -> Option<i32>
         sport: service.port,
         ..*pkt
     };
-    match v4::redirect(ctx, &translated, pkt.daddr) {
+    match v4::redirect(ctx, &translated) {
         Ok(action) => {
             count(StatIndex::RedirectedReply, bytes);
             count_redirect(slot);

@@ -298,12 +298,14 @@ fn prepare(ctx: &TcContext, macs: Option<(&[u8; 6], &[u8; 6])>) -> Result<(), No
     Ok(())
 }
 
-/// Delivers the translated packet to `daddr` without the node's stack: into a local pod's
-/// namespace (`bpf_redirect_peer`), or out of the interface the FIB names with the next
-/// hop's MAC (`bpf_redirect`, `bpf_redirect_neigh` while the neighbour is unresolved).
-/// Returns the TC action; an error leaves the packet for the stack.
+/// Delivers the translated packet (`pkt` as it now is) to its destination without the
+/// node's stack: into a local pod's namespace (`bpf_redirect_peer`), or out of the
+/// interface the FIB names with the next hop's MAC (`bpf_redirect`, `bpf_redirect_neigh`
+/// while the neighbour is unresolved). Returns the TC action; an error leaves the packet
+/// for the stack.
 #[inline(always)]
-pub(crate) fn redirect(ctx: &TcContext, pkt: &Packet, daddr: Addr) -> Result<i32, NoRedirect> {
+pub(crate) fn redirect(ctx: &TcContext, pkt: &Packet) -> Result<i32, NoRedirect> {
+    let daddr = pkt.daddr;
     if let Some(ep) = LOCAL_ENDPOINTS.get_ptr(daddr) {
         // SAFETY: a live map value, copied at once.
         let ep = unsafe { *ep };
@@ -348,16 +350,18 @@ pub(crate) fn redirect(ctx: &TcContext, pkt: &Packet, daddr: Addr) -> Result<i32
     if INTERFACES.get_ptr(fib.ifindex).is_none() {
         return Err(NoRedirect::NoRoute);
     }
-    let mut mtu_len = 0u32;
-    // SAFETY: the context and a local out-parameter.
-    if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &raw mut mtu_len, 0, 0) } != 0 {
-        return Err(NoRedirect::TooBig);
-    }
     let action = if rc == FIB_SUCCESS {
+        // The lookup checked the packet against the egress MTU already (FIB_FRAG_NEEDED).
         prepare(ctx, Some((&fib.smac, &fib.dmac)))?;
         // SAFETY: a helper taking plain values.
         unsafe { bpf_redirect(fib.ifindex, 0) }
     } else {
+        // Without a neighbour the lookup checks no MTU: this does.
+        let mut mtu_len = 0u32;
+        // SAFETY: the context and a local out-parameter.
+        if unsafe { bpf_check_mtu(ctx.as_ptr(), fib.ifindex, &raw mut mtu_len, 0, 0) } != 0 {
+            return Err(NoRedirect::TooBig);
+        }
         // The kernel writes the Ethernet header once it resolved the neighbour.
         prepare(ctx, None)?;
         // SAFETY: without parameters the helper resolves the next hop itself.
