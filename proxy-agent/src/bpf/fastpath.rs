@@ -191,7 +191,8 @@ pub fn pod_interfaces(
         what: "listing interfaces and routes",
         source,
     };
-    let all = netlink::interfaces().map_err(io)?;
+    let links = netlink::links().map_err(io)?;
+    let all: Vec<(String, u32)> = links.iter().map(|l| (l.name.clone(), l.index)).collect();
     let mut out: BTreeSet<String> = BTreeSet::new();
     match rule {
         PodInterfaces::PodCidrRoutes => {
@@ -223,8 +224,7 @@ pub fn pod_interfaces(
     }
     // A bridge holding the pod route (Flannel's cni0) stands for its ports: the programs
     // must see each pod's packets before the bridge switches them between pods.
-    let masters: Vec<(u32, u32)> = netlink::links()
-        .map_err(io)?
+    let masters: Vec<(u32, u32)> = links
         .iter()
         .filter_map(|l| Some((l.index, l.master?)))
         .collect();

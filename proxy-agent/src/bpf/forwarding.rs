@@ -21,44 +21,8 @@ use proxy_common::LocalEndpoint;
 use serde_json::Value;
 
 use super::netlink::{FdbEntry, Neighbour, Route};
-
-/// `acceleration.forwarding`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ForwardingMode {
-    /// `redirect` unless the node has something that must see forwarded pod traffic.
-    #[default]
-    Auto,
-    /// Accelerated pod flows bypass the node's netfilter and routing, both directions.
-    Redirect,
-    /// Translate, then let the kernel forward (for nodes whose policy lives in netfilter).
-    Stack,
-}
-
-impl ForwardingMode {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "auto" => Self::Auto,
-            "redirect" => Self::Redirect,
-            "stack" => Self::Stack,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Redirect => "redirect",
-            Self::Stack => "stack",
-        }
-    }
-}
-
-impl fmt::Display for ForwardingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
+/// `acceleration.forwarding`, as the configuration parses it.
+pub use crate::config::ForwardingMode;
 /// The per-Service override (`hybrid-proxy.io/forwarding`), as the plan carries it.
 pub use crate::model::ForwardingAnnotation;
 
@@ -230,33 +194,28 @@ impl Facts {
     /// Reads the calling thread's network namespace: its nftables ruleset, iptables-legacy
     /// chains where that variant is installed, and the TCX programs of `pod_interfaces`.
     pub fn read(pod_interfaces: &[String]) -> Self {
+        use crate::{
+            model::IpFamily,
+            preflight::leftovers::{self, IptablesVariant},
+        };
         let mut facts = Self::default();
-        match Command::new("nft").args(["-j", "list", "ruleset"]).output() {
-            Ok(out) if out.status.success() => {
-                match parse_ruleset(&String::from_utf8_lossy(&out.stdout)) {
-                    Ok((tables, chains)) => {
-                        facts.tables = tables;
-                        facts.chains = chains;
-                    }
-                    Err(e) => facts.unreadable = Some(e),
+        let nft = crate::nft::NftCli::default().program;
+        match leftovers::run(&nft, &["-j", "list", "ruleset"], None) {
+            Ok(json) => match parse_ruleset(&json) {
+                Ok((tables, chains)) => {
+                    facts.tables = tables;
+                    facts.chains = chains;
                 }
-            }
-            Ok(out) => {
-                facts.unreadable = Some(format!(
-                    "nft -j list ruleset: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Err(e) => facts.unreadable = Some(format!("running nft: {e}")),
+                Err(e) => facts.unreadable = Some(e),
+            },
+            Err(e) => facts.unreadable = Some(e.to_string()),
         }
         // Legacy iptables keeps its rules outside nftables; absent binaries are no rules.
-        for family in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-            if let Ok(out) = Command::new(family).output()
-                && out.status.success()
+        for family in IpFamily::BOTH {
+            if leftovers::on_path(&IptablesVariant::Legacy.save_program(family))
+                && let Ok(dump) = leftovers::save(IptablesVariant::Legacy, family)
             {
-                facts
-                    .legacy_chains
-                    .extend(parse_save_chains(&String::from_utf8_lossy(&out.stdout)));
+                facts.legacy_chains.extend(parse_save_chains(&dump));
             }
         }
         facts.foreign_programs = foreign_programs(pod_interfaces);
@@ -265,9 +224,13 @@ impl Facts {
 }
 
 /// TC programs on `interfaces` that are not ours (`hp_*`): on the TCX hooks, and filters on
-/// a `clsact` qdisc (as `tc filter show` lists them; without `tc`, those are not seen).
+/// a `clsact` qdisc (as `tc filter show` lists them; without `tc`, those are not seen). `tc`
+/// runs only for the interfaces that have such a qdisc (one netlink dump finds them), not
+/// for every pod interface at every check.
 fn foreign_programs(interfaces: &[String]) -> Vec<(String, String)> {
     use aya::programs::{SchedClassifier, TcAttachType};
+    // Without the dump (it failed), every interface is asked.
+    let with_qdisc = super::netlink::clsact_interfaces().ok();
     let mut out = Vec::new();
     for iface in interfaces {
         for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
@@ -280,6 +243,11 @@ fn foreign_programs(interfaces: &[String]) -> Vec<(String, String)> {
                     out.push((iface.clone(), name));
                 }
             }
+        }
+        if let Some(with) = &with_qdisc
+            && !super::netlink::if_index(iface).is_some_and(|i| with.contains(&i))
+        {
+            continue;
         }
         for hook in ["ingress", "egress"] {
             let Ok(listing) = Command::new("tc")

@@ -419,3 +419,30 @@ pub fn bridge_fdb() -> io::Result<Vec<FdbEntry>> {
     })?;
     Ok(out)
 }
+
+/// Indexes of the interfaces with a `clsact` (or `ingress`) qdisc: the only ones that can
+/// hold classic tc filters (TCX programs need none).
+pub fn clsact_interfaces() -> io::Result<Vec<u32>> {
+    const RTM_NEWQDISC: u16 = 36;
+    const RTM_GETQDISC: u16 = 38;
+    const TCA_KIND: u16 = 1;
+    let mut sock = Socket::open(libc::NETLINK_ROUTE, 0)?;
+    // struct tcmsg: family, pads, ifindex, handle, parent, info.
+    let tcmsg = [0u8; 20];
+    let mut out = Vec::new();
+    sock.dump(RTM_GETQDISC, &tcmsg, |ty, body| {
+        if ty != RTM_NEWQDISC || body.len() < 20 {
+            return;
+        }
+        let index = u32::from_ne_bytes(body[4..8].try_into().expect("4"));
+        for (aty, payload) in attrs(&body[20..]) {
+            let kind = payload.split(|b| *b == 0).next().unwrap_or_default();
+            if aty == TCA_KIND && (kind == b"clsact" || kind == b"ingress") {
+                out.push(index);
+            }
+        }
+    })?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}

@@ -59,26 +59,41 @@ impl AccelerationMode {
     }
 }
 
-/// How accelerated pod flows are forwarded (`acceleration.forwarding`).
+/// How accelerated pod flows are forwarded (`acceleration.forwarding`); the fast path uses
+/// this type as it is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ForwardingMode {
     /// `redirect` unless the node has something that must see forwarded pod traffic.
     #[default]
     Auto,
-    /// Bypass the node's netfilter and routing, both directions.
+    /// Accelerated pod flows bypass the node's netfilter and routing, both directions.
     Redirect,
-    /// Translate, then let the kernel forward.
+    /// Translate, then let the kernel forward (for nodes whose policy lives in netfilter).
     Stack,
 }
 
 impl ForwardingMode {
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "auto" => Self::Auto,
             "redirect" => Self::Redirect,
             "stack" => Self::Stack,
             _ => return None,
         })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Redirect => "redirect",
+            Self::Stack => "stack",
+        }
+    }
+}
+
+impl fmt::Display for ForwardingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -606,11 +621,7 @@ impl Config {
                 min_dwell: a.auto.min_dwell,
                 max_services: a.auto.max_services,
             },
-            forwarding: match a.forwarding {
-                ForwardingMode::Auto => crate::bpf::forwarding::ForwardingMode::Auto,
-                ForwardingMode::Redirect => crate::bpf::forwarding::ForwardingMode::Redirect,
-                ForwardingMode::Stack => crate::bpf::forwarding::ForwardingMode::Stack,
-            },
+            forwarding: a.forwarding,
             ..crate::bpf::FastPathConfig::default()
         }
     }

@@ -348,7 +348,7 @@ pub enum LeftoverError {
 }
 
 /// Runs a program, feeding `input` on stdin; its stdout when it succeeds.
-pub(super) fn run(
+pub(crate) fn run(
     program: &str,
     args: &[&str],
     input: Option<&str>,
