@@ -82,19 +82,12 @@ fn east_west_goals(data: Option<&DataResult>, judged: bool) -> Vec<Goal> {
         }),
     ];
     for (what, target, get) in east_west {
-        goals.push(Goal::new(
+        goals.push(ratio_goal(
             &format!("fast path (redirect) at least {target}x nftables: {what}"),
-            data.and_then(|d| fast_over_nft(d, get))
-                .map(|(small, large)| {
-                    (
-                        format!(
-                            "{} with few Services, {} with 10k",
-                            times(small),
-                            times(large)
-                        ),
-                        judged.then_some(small >= target && large >= target),
-                    )
-                }),
+            data,
+            judged,
+            target,
+            get,
         ));
     }
     for (what, get) in east_west.map(|(w, _, g)| (w, g)) {
@@ -120,6 +113,25 @@ fn east_west_goals(data: Option<&DataResult>, judged: bool) -> Vec<Goal> {
         }),
     ));
     goals
+}
+
+/// A goal on the fast path's ratio to nftables for one figure, at the fewest and at the
+/// most Services: met when both reach `target` (judged on full runs only).
+fn ratio_goal(goal: &str, data: Option<&DataResult>, judged: bool, target: f64, get: Get) -> Goal {
+    Goal::new(
+        goal,
+        data.and_then(|d| fast_over_nft(d, get))
+            .map(|(small, large)| {
+                (
+                    format!(
+                        "{} with few Services, {} with 10k",
+                        times(small),
+                        times(large)
+                    ),
+                    judged.then_some(small >= target && large >= target),
+                )
+            }),
+    )
 }
 
 /// Fast path over nftables for one figure, with the fewest and with the most Services.
@@ -342,19 +354,12 @@ impl Report {
             r.xdp_packets.per_second
         })];
         for (what, get) in metrics {
-            goals.push(Goal::new(
+            goals.push(ratio_goal(
                 &format!("fast path at least 2x nftables: {what}"),
-                data.and_then(|d| fast_over_nft(d, get))
-                    .map(|(small, large)| {
-                        (
-                            format!(
-                                "{} with few Services, {} with 10k",
-                                times(small),
-                                times(large)
-                            ),
-                            judged.then_some(small >= 2.0 && large >= 2.0),
-                        )
-                    }),
+                data,
+                judged,
+                2.0,
+                get,
             ));
         }
         goals.push(Goal::new(
