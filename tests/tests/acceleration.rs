@@ -1064,7 +1064,12 @@ fn a_killed_agent_leaves_both_paths_serving_and_a_restarted_one_resets_no_connec
             .find(|p| p["port"].as_str().unwrap().starts_with("default/web http"))
             .unwrap();
         assert_eq!(web["pods"], "fast path", "{json:#}");
-        assert!(web["seen_pps"].as_f64().unwrap() > 0.0, "{json:#}");
+        assert!(
+            web["seen_pps"].as_f64().unwrap() > 0.0,
+            "{json:#}\nrequests so far {}, failures {:#?}",
+            requests.load(Ordering::Relaxed),
+            failures.lock().unwrap()
+        );
         assert!(fp["connections"]["fast_flows"].as_u64().unwrap() >= 2);
         assert!(
             fp["attachments"]
